@@ -1,0 +1,11 @@
+//! Backend-independent device plumbing: the MMIO/PIO [`Bus`] that CPU backends
+//! dispatch to, the [`IrqLine`] a device raises, and the platform devices
+//! (16550 UART, RTC, syscon) that both the emulator and KVM machines share.
+//!
+//! Dependencies: `vm-superio` (rust-vmm's 16550 model, so we don't rewrite it).
+
+pub mod bus;
+pub mod irq;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use irq::IrqLine;

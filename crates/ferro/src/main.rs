@@ -1,0 +1,47 @@
+//! `ferro`: one binary, one subcommand per job. Each subcommand's flags are
+//! owned by the crate that implements it.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ferro", version, about = "Ferrovisor: VMs, images and containers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Boot a VM (with no arguments: the default guest, console on this terminal).
+    Run(vmm::RunArgs),
+    /// Create, inspect and convert disk images (qemu-img compatible).
+    #[command(disable_help_flag = true)]
+    Img(imgtool::ImgArgs),
+    /// Fetch and prepare the default guest.
+    Guest(guest::GuestArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Some(Cmd::Img(a)) => imgtool::main(a),
+        Some(Cmd::Guest(a)) => report(guest::main(a)),
+        Some(Cmd::Run(a)) => report(vmm::run(a)),
+        None => report(vmm::run_default()),
+    };
+    std::process::exit(code);
+}
+
+fn report(r: anyhow::Result<i32>) -> i32 {
+    r.unwrap_or_else(|e| {
+        eprintln!("ferro: {e:#}");
+        1
+    })
+}
