@@ -73,7 +73,10 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, off)) => {
-                e.dev.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+                e.dev
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(off, data);
                 true
             }
             None => false,
@@ -84,7 +87,10 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, off)) => {
-                e.dev.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
+                e.dev
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write(off, data);
                 true
             }
             None => false,
@@ -109,15 +115,23 @@ mod tests {
     #[test]
     fn dispatches_by_range_and_rejects_overlap() {
         let mut bus = Bus::new();
-        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Reg(1)))).unwrap();
-        bus.insert(0x2000, 0x100, Arc::new(Mutex::new(Reg(7)))).unwrap();
+        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Reg(1))))
+            .unwrap();
+        bus.insert(0x2000, 0x100, Arc::new(Mutex::new(Reg(7))))
+            .unwrap();
         assert_eq!(
             bus.insert(0x10ff, 2, Arc::new(Mutex::new(Reg(0)))),
-            Err(BusError::Overlap { base: 0x10ff, len: 2 })
+            Err(BusError::Overlap {
+                base: 0x10ff,
+                len: 2
+            })
         );
         assert_eq!(
             bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Reg(0)))),
-            Err(BusError::BadRange { base: u64::MAX, len: 2 })
+            Err(BusError::BadRange {
+                base: u64::MAX,
+                len: 2
+            })
         );
         let mut b = [0u8; 4];
         assert!(bus.read(0x2004, &mut b));
