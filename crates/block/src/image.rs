@@ -8,8 +8,7 @@ use crate::qcow2::Qcow2;
 use crate::raw::Raw;
 use crate::{
     BlockBackend, CheckReport, CommitOptions, ConvertOptions, CreateOptions, Extent, Format,
-    ImageInfo, OpenOptions, Progress, RebaseOptions, Repair, ResizeOptions, Result,
-    SnapshotInfo,
+    ImageInfo, OpenOptions, Progress, RebaseOptions, Repair, ResizeOptions, Result, SnapshotInfo,
 };
 
 /// One opened image and (owned by it) its backing chain.
