@@ -1,4 +1,9 @@
 //! Machine models. `riscv64`: QEMU `virt`-compatible memory map, PLIC, syscon,
 //! RTC, device tree (vm-fdt) and the firmware/kernel/initrd loaders.
 //!
-//! Dependencies: `vm-fdt` (device tree), `linux-loader` (ELF/Image loading).
+//! Dependencies: `vm-fdt` (device tree writer), `vm-memory` (guest RAM shared
+//! with the CPU backend and devices), `libc` (getrandom for `rng-seed`). Image
+//! and ELF headers are parsed here: linux-loader's RISC-V `Image` and ELF
+//! loaders are only built for their native host architecture.
+
+pub mod riscv64;
