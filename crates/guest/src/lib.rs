@@ -2,11 +2,417 @@
 //! them with a temporary sources list (mirror taken from the host's apt
 //! configuration), and we build the initramfs and disk images, cached under
 //! `$XDG_CACHE_HOME/ferro`.
+//!
+//! Dependencies: `indicatif` (progress display while fetching), `flate2`
+//! (gzip initramfs), `lzma-rs` (pure-Rust xz, for Debian's compressed kernel
+//! modules).
+
+pub mod apt;
+pub mod cpio;
+pub mod modules;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 
 /// `ferro guest …` arguments.
 #[derive(clap::Args, Debug)]
-pub struct GuestArgs {}
+pub struct GuestArgs {
+    #[command(subcommand)]
+    pub cmd: GuestCmd,
+}
 
-pub fn main(_args: GuestArgs) -> anyhow::Result<i32> {
-    todo!()
+#[derive(clap::Subcommand, Debug)]
+pub enum GuestCmd {
+    /// Download Debian's riscv64 kernel, BusyBox and OpenSBI and build the initramfs.
+    Fetch {
+        /// Fetch again even if the cache is complete.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print where the cached default guest's files are.
+    Path,
+}
+
+pub fn main(args: GuestArgs) -> Result<i32> {
+    match args.cmd {
+        GuestCmd::Fetch { force } => {
+            let g = if force { fetch()? } else { ensure()? };
+            g.print_paths();
+            Ok(0)
+        }
+        GuestCmd::Path => {
+            DefaultGuest::cached()?.print_paths();
+            Ok(0)
+        }
+    }
+}
+
+/// Kernel command line the default guest boots with.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Shell prompt of the default guest (tests wait for it).
+pub const PROMPT: &str = "ferro:/# ";
+
+/// `$XDG_CACHE_HOME/ferro`, else `~/.cache/ferro`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("ferro"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither XDG_CACHE_HOME nor HOME is set: cannot locate the cache folder")?;
+    Ok(PathBuf::from(home).join(".cache/ferro"))
+}
+
+const GUEST_DIR: &str = "debian-trixie-riscv64";
+const READY: &str = "READY";
+
+/// The cached default guest's files.
+#[derive(Debug, Clone)]
+pub struct DefaultGuest {
+    pub dir: PathBuf,
+    /// Linux `Image` from linux-image-riscv64.
+    pub kernel: PathBuf,
+    /// gzip'd newc initramfs with BusyBox, modules and the default init.
+    pub initrd: PathBuf,
+    /// OpenSBI `fw_dynamic.bin`.
+    pub firmware: PathBuf,
+    /// OpenSBI `fw_jump.bin`.
+    pub fw_jump: PathBuf,
+    /// Static BusyBox for riscv64.
+    pub busybox: PathBuf,
+    /// `<name>.ko` files and `load-order`.
+    pub modules_dir: PathBuf,
+}
+
+impl DefaultGuest {
+    fn at(dir: PathBuf) -> Self {
+        DefaultGuest {
+            kernel: dir.join("Image"),
+            initrd: dir.join("initramfs.cpio.gz"),
+            firmware: dir.join("fw_dynamic.bin"),
+            fw_jump: dir.join("fw_jump.bin"),
+            busybox: dir.join("busybox"),
+            modules_dir: dir.join("modules"),
+            dir,
+        }
+    }
+
+    /// The cached guest, or an error saying how to get it.
+    pub fn cached() -> Result<Self> {
+        let dir = cache_dir()?.join(GUEST_DIR);
+        if !dir.join(READY).exists() {
+            bail!(
+                "the default guest is not in the cache ({}): run `ferro guest fetch`",
+                dir.display()
+            );
+        }
+        Ok(Self::at(dir))
+    }
+
+    fn print_paths(&self) {
+        println!("kernel    {}", self.kernel.display());
+        println!("initrd    {}", self.initrd.display());
+        println!("firmware  {}", self.firmware.display());
+        println!("busybox   {}", self.busybox.display());
+        println!("modules   {}", self.modules_dir.display());
+    }
+
+    /// Modules in load order.
+    pub fn modules(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let order = std::fs::read_to_string(self.modules_dir.join("load-order"))
+            .context("cached module list is missing: run `ferro guest fetch --force`")?;
+        order
+            .split_whitespace()
+            .map(|n| {
+                let p = self.modules_dir.join(format!("{n}.ko"));
+                Ok((
+                    n.to_string(),
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Builds a gzip'd initramfs holding BusyBox, the modules, `init` as
+    /// `/init` and `extra` files `(path, mode, bytes)`.
+    pub fn initramfs(&self, init: &str, extra: &[(&str, u32, Vec<u8>)]) -> Result<Vec<u8>> {
+        let busybox = std::fs::read(&self.busybox)
+            .with_context(|| format!("cannot read {}", self.busybox.display()))?;
+        build_initramfs(&busybox, &self.modules()?, init, extra)
+    }
+}
+
+/// The default guest's `/init`: mounts, modules, the root-disk hook, then
+/// BusyBox init with a shell on the console (so `poweroff` works).
+pub const DEFAULT_INIT: &str = r#"#!/bin/busybox sh
+# Ferrovisor default guest: set up, optionally switch to a root disk, then
+# hand over to BusyBox init (which runs a shell on the console).
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+for m in $(cat /lib/modules/load-order); do
+    insmod /lib/modules/$m.ko 2>/dev/null
+done
+hostname ferro
+
+# Root-disk hook: `root=/dev/vdX [rootfstype=ext4] [init=/sbin/init]` on the
+# kernel command line switches to that disk (virtio-blk), if it has an init.
+root= fstype=ext4 rinit=/sbin/init
+for a in $(cat /proc/cmdline); do
+    case "$a" in
+        root=*) root=${a#root=} ;;
+        rootfstype=*) fstype=${a#rootfstype=} ;;
+        init=*) rinit=${a#init=} ;;
+    esac
+done
+if [ -n "$root" ]; then
+    n=0
+    while [ ! -b "$root" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    mkdir -p /newroot
+    if mount -t "$fstype" "$root" /newroot; then
+        if [ -e "/newroot$rinit" ] || [ -L "/newroot$rinit" ]; then
+            mount --move /dev /newroot/dev 2>/dev/null || mount -t devtmpfs devtmpfs /newroot/dev
+            umount /dev/pts /tmp /run 2>/dev/null
+            mount --move /proc /newroot/proc 2>/dev/null
+            mount --move /sys /newroot/sys 2>/dev/null
+            exec switch_root /newroot "$rinit"
+        fi
+        echo "ferro-init: $root has no $rinit; staying in the initramfs"
+        umount /newroot
+    else
+        echo "ferro-init: cannot mount $root ($fstype); staying in the initramfs"
+    fi
+fi
+echo
+echo "Ferrovisor default guest (Debian kernel $(uname -r), BusyBox). 'poweroff' ends the VM; Ctrl-A X quits."
+exec /sbin/init
+"#;
+
+const INITTAB: &str = "::respawn:/bin/cttyhack /bin/sh -l\n\
+::ctrlaltdel:/sbin/reboot\n\
+::shutdown:/bin/umount -a -r 2>/dev/null\n";
+
+const PROFILE: &str = "export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nexport PS1='ferro:\\w# '\nexport HOME=/root\ncd /\n";
+
+/// Builds a gzip'd newc initramfs (see [`DefaultGuest::initramfs`]).
+pub fn build_initramfs(
+    busybox: &[u8],
+    modules: &[(String, Vec<u8>)],
+    init: &str,
+    extra: &[(&str, u32, Vec<u8>)],
+) -> Result<Vec<u8>> {
+    let mut c = cpio::Cpio::new();
+    for d in [
+        "/",
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/run",
+        "/mnt",
+        "/root",
+        "/newroot",
+        "/etc",
+        "/lib",
+        "/lib/modules",
+    ] {
+        c.dir(d);
+    }
+    // The kernel opens /dev/console for init before devtmpfs is mounted.
+    c.char_dev("/dev/console", 0o600, 5, 1);
+    c.file("/bin/busybox", 0o755, busybox);
+    c.symlink("/bin/sh", "busybox");
+    c.file("/init", 0o755, init.as_bytes());
+    c.file("/etc/inittab", 0o644, INITTAB.as_bytes());
+    c.file("/etc/profile", 0o644, PROFILE.as_bytes());
+    c.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    c.file("/etc/group", 0o644, b"root:x:0:\n");
+    let mut order = String::new();
+    for (name, data) in modules {
+        c.file(&format!("/lib/modules/{name}.ko"), 0o644, data);
+        order.push_str(name);
+        order.push('\n');
+    }
+    c.file("/lib/modules/load-order", 0o644, order.as_bytes());
+    for (path, mode, data) in extra {
+        c.file(path, *mode, data);
+    }
+    cpio::gzip(&c.finish()).context("cannot compress the initramfs")
+}
+
+/// The cached default guest, fetching it first if needed.
+pub fn ensure() -> Result<DefaultGuest> {
+    match DefaultGuest::cached() {
+        Ok(g) => Ok(g),
+        Err(_) => fetch(),
+    }
+}
+
+struct Progress {
+    pb: Option<indicatif::ProgressBar>,
+    steps: u64,
+    step: u64,
+}
+
+impl Progress {
+    fn new(steps: u64) -> Self {
+        use std::io::IsTerminal;
+        let pb = std::io::stderr().is_terminal().then(|| {
+            let pb = indicatif::ProgressBar::new(steps);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} default guest [{pos}/{len}] {msg} ({elapsed})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            pb.enable_steady_tick(Duration::from_millis(120));
+            pb
+        });
+        Progress { pb, steps, step: 0 }
+    }
+    fn step(&mut self, msg: String) {
+        self.step += 1;
+        match &self.pb {
+            Some(pb) => {
+                pb.set_position(self.step - 1);
+                pb.set_message(msg);
+            }
+            None => eprintln!("ferro: default guest [{}/{}] {msg}", self.step, self.steps),
+        }
+    }
+    fn done(self, msg: &str) {
+        match &self.pb {
+            Some(pb) => pb.finish_with_message(msg.to_string()),
+            None => eprintln!("ferro: {msg}"),
+        }
+    }
+}
+
+fn find_one(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(prefix))
+        })
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+/// Holds an exclusive lock on the cache while fetching.
+struct Lock(#[allow(dead_code)] std::fs::File);
+impl Lock {
+    fn take(path: &Path) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; released when `f` closes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Lock(f))
+    }
+}
+
+/// Downloads the packages and (re)builds the cached default guest.
+pub fn fetch() -> Result<DefaultGuest> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("cannot create {}", cache.display()))?;
+    let _lock = Lock::take(&cache.join(".lock"))?;
+    let mut p = Progress::new(5);
+    let mirror = apt::host_mirror()?;
+    let apt = apt::Apt::new(&cache.join("apt"), &mirror)?;
+    p.step(format!(
+        "apt-get update ({} {} {})",
+        mirror.uri,
+        apt::SUITE,
+        apt::ARCH
+    ));
+    apt.update()?;
+    let kpkg = apt.resolve_dep("linux-image-riscv64", "linux-image-")?;
+    let pkgs = vec![
+        kpkg.clone(),
+        "busybox-static".to_string(),
+        "opensbi".to_string(),
+    ];
+    p.step(format!("downloading {}", pkgs.join(", ")));
+    let debs = apt.download(&pkgs)?;
+    p.step("extracting packages".into());
+    let x = cache.join("extract.tmp");
+    let _ = std::fs::remove_dir_all(&x);
+    for d in &debs {
+        apt::extract(d, &x)?;
+    }
+    let stage = cache.join(format!("{GUEST_DIR}.tmp"));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("modules"))?;
+    let g = DefaultGuest::at(stage.clone());
+
+    let kernel = find_one(&x.join("boot"), "vmlinu")
+        .with_context(|| format!("{kpkg} contains no kernel image in /boot"))?;
+    let k = std::fs::read(&kernel)?;
+    if k.get(56..60) != Some(b"RSC\x05") {
+        bail!("{} is not a RISC-V Linux Image", kernel.display());
+    }
+    std::fs::write(&g.kernel, &k)?;
+    let sbi = x.join("usr/lib/riscv64-linux-gnu/opensbi/generic");
+    std::fs::copy(sbi.join("fw_dynamic.bin"), &g.firmware)
+        .context("opensbi has no fw_dynamic.bin")?;
+    std::fs::copy(sbi.join("fw_jump.bin"), &g.fw_jump).context("opensbi has no fw_jump.bin")?;
+    let bb = [x.join("usr/bin/busybox"), x.join("bin/busybox")]
+        .into_iter()
+        .find(|p| p.exists())
+        .context("busybox-static contains no busybox binary")?;
+    std::fs::copy(&bb, &g.busybox)?;
+
+    p.step("collecting kernel modules".into());
+    let mroot = [x.join("usr/lib/modules"), x.join("lib/modules")]
+        .into_iter()
+        .find_map(|d| find_one(&d, ""))
+        .with_context(|| format!("{kpkg} contains no modules directory"))?;
+    let mods = modules::collect(&mroot, modules::WANTED)?;
+    let mut order = String::new();
+    for (n, data) in &mods {
+        std::fs::write(g.modules_dir.join(format!("{n}.ko")), data)?;
+        order.push_str(n);
+        order.push('\n');
+    }
+    std::fs::write(g.modules_dir.join("load-order"), order)?;
+
+    p.step("building the initramfs".into());
+    let initrd = g.initramfs(DEFAULT_INIT, &[])?;
+    std::fs::write(&g.initrd, initrd)?;
+    std::fs::write(stage.join(READY), format!("{}\n", pkgs.join("\n")))?;
+
+    let dir = cache.join(GUEST_DIR);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&stage, &dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&x);
+    for d in debs {
+        let _ = std::fs::remove_file(d);
+    }
+    p.done(&format!("default guest ready in {}", dir.display()));
+    Ok(DefaultGuest::at(dir))
 }
