@@ -26,9 +26,16 @@ use plic::{Plic, PlicLine};
 const MIB: u64 = 1 << 20;
 
 /// A boot file's bytes plus a label (its path) for error messages.
+#[derive(Clone)]
 pub struct Blob {
     pub label: String,
     pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} bytes)", self.label, self.data.len())
+    }
 }
 
 pub enum Boot {

@@ -1,0 +1,161 @@
+//! The host side of the guest console: raw terminal mode (restored on every
+//! exit path, including fatal signals), and the input thread that feeds
+//! stdin to the UART with QEMU's Ctrl-A escapes (Ctrl-A X quits, Ctrl-A
+//! Ctrl-A sends Ctrl-A, Ctrl-A H helps). When stdin is not a terminal, bytes
+//! are forwarded as they come and EOF leaves the VM running.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use devices::Serial;
+use riscv_emu::{Control, ExitReason};
+
+static SAVED: OnceLock<libc::termios> = OnceLock::new();
+
+pub fn stdin_is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(0) == 1 }
+}
+
+extern "C" fn restore_and_die(sig: libc::c_int) {
+    if let Some(t) = SAVED.get() {
+        // SAFETY: tcsetattr, signal and raise are async-signal-safe; `t` is a
+        // plain struct initialised before the handler was installed.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, t);
+        }
+    }
+    // SAFETY: back to the default action, then re-deliver to die as usual.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Raw mode on the terminal while alive; the original mode comes back on
+/// drop, on panic (drop during unwinding) and on fatal signals.
+pub struct RawTerminal(());
+
+impl RawTerminal {
+    pub fn enter() -> Option<Self> {
+        if !stdin_is_tty() {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it for fd 0.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer to a termios we own.
+        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+            return None;
+        }
+        let _ = SAVED.set(t);
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            // SAFETY: installs an async-signal-safe handler.
+            unsafe {
+                libc::signal(sig, restore_and_die as *const () as libc::sighandler_t);
+            }
+        }
+        let mut raw = t;
+        // SAFETY: cfmakeraw edits the struct we own.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: valid termios for fd 0.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) };
+        Some(RawTerminal(()))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = SAVED.get() {
+            // SAFETY: restores the saved settings on fd 0.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// Where input goes; swapped when the machine reboots.
+#[derive(Clone, Default)]
+pub struct Target(Arc<Mutex<Option<(Arc<Mutex<Serial>>, Control)>>>);
+
+impl Target {
+    pub fn set(&self, uart: Arc<Mutex<Serial>>, control: Control) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((uart, control));
+    }
+    fn get(&self) -> Option<(Arc<Mutex<Serial>>, Control)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Feeds all of `bytes` to the UART, waiting while its FIFO is full.
+fn feed(target: &Target, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let Some((uart, _)) = target.get() else {
+            return;
+        };
+        let (n, space, gen) = {
+            let mut u = uart.lock().unwrap_or_else(|p| p.into_inner());
+            let space = u.rx_space();
+            let gen = space.generation();
+            (u.enqueue(bytes), space, gen)
+        };
+        bytes = &bytes[n..];
+        if !bytes.is_empty() {
+            // Woken when the guest drains the FIFO; the timeout covers a reboot.
+            space.wait_change(gen, Duration::from_millis(200));
+        }
+    }
+}
+
+const HELP: &str = "\r\nC-a h    print this help\r\nC-a x    exit ferro\r\nC-a C-a  send C-a\r\n";
+
+/// Starts the stdin → UART thread.
+pub fn spawn_input(target: Target, escapes: bool) {
+    let r = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 512];
+            let mut esc = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) => return, // EOF: the guest keeps running.
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                if !escapes {
+                    feed(&target, &buf[..n]);
+                    continue;
+                }
+                let mut out = Vec::with_capacity(n);
+                for &b in &buf[..n] {
+                    if esc {
+                        esc = false;
+                        match b {
+                            b'x' | b'X' => {
+                                if let Some((_, ctl)) = target.get() {
+                                    ctl.request_exit(ExitReason::Stopped);
+                                }
+                                return;
+                            }
+                            0x01 => out.push(0x01),
+                            b'h' | b'H' => {
+                                use std::io::Write;
+                                let _ = std::io::stdout().write_all(HELP.as_bytes());
+                                let _ = std::io::stdout().flush();
+                            }
+                            _ => {}
+                        }
+                    } else if b == 0x01 {
+                        esc = true;
+                    } else {
+                        out.push(b);
+                    }
+                }
+                feed(&target, &out);
+            }
+        });
+    if let Err(e) = r {
+        tracing::warn!("cannot start the console input thread: {e}");
+    }
+}
