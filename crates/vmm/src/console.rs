@@ -73,15 +73,17 @@ impl Drop for RawTerminal {
     }
 }
 
+type Uart = Arc<Mutex<Serial>>;
+
 /// Where input goes; swapped when the machine reboots.
 #[derive(Clone, Default)]
-pub struct Target(Arc<Mutex<Option<(Arc<Mutex<Serial>>, Control)>>>);
+pub struct Target(Arc<Mutex<Option<(Uart, Control)>>>);
 
 impl Target {
     pub fn set(&self, uart: Arc<Mutex<Serial>>, control: Control) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((uart, control));
     }
-    fn get(&self) -> Option<(Arc<Mutex<Serial>>, Control)> {
+    fn get(&self) -> Option<(Uart, Control)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
