@@ -66,6 +66,8 @@ pub struct FakeDriver {
     pub irq: Arc<TestIrq>,
     pub queues: Vec<DriverQueue>,
     next_free: u64,
+    ring_base: u64,
+    data_base: u64,
 }
 
 /// Guest RAM used by the fake driver: rings below 1 MiB, buffers above.
@@ -74,7 +76,12 @@ pub const DATA_BASE: u64 = 0x10_0000;
 
 impl FakeDriver {
     pub fn new(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
-        let mem = guest_memory(mem_size);
+        Self::shared(device, guest_memory(mem_size), RING_BASE, DATA_BASE)
+    }
+
+    /// A driver for a second device in the same guest memory: its rings live
+    /// at `ring_base` (64 KiB per queue) and its buffers from `data_base`.
+    pub fn shared(device: Box<dyn VirtioDevice>, mem: Mem, ring_base: u64, data_base: u64) -> Self {
         let irq = Arc::new(TestIrq::default());
         let dev = MmioTransport::new(device, mem.clone(), irq.clone()).expect("transport");
         Self {
@@ -82,7 +89,9 @@ impl FakeDriver {
             dev,
             irq,
             queues: Vec::new(),
-            next_free: DATA_BASE,
+            next_free: data_base,
+            ring_base,
+            data_base,
         }
     }
 
@@ -135,7 +144,7 @@ impl FakeDriver {
                 break;
             }
             let size = size.min(max as u16);
-            let base = RING_BASE + q as u64 * 0x1_0000;
+            let base = self.ring_base + q as u64 * 0x1_0000;
             let dq = DriverQueue {
                 size,
                 desc: base,
@@ -171,7 +180,7 @@ impl FakeDriver {
     }
 
     pub fn reset_alloc(&mut self) {
-        self.next_free = DATA_BASE;
+        self.next_free = self.data_base;
     }
 
     pub fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {

@@ -5,7 +5,6 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
@@ -176,5 +175,3 @@ pub(crate) fn notify_used(queue: &mut Queue, mem: &Mem, irq: &Interrupt) {
         Err(e) => irq.set_needs_reset(format_args!("used ring: {e}")),
     }
 }
-
-pub(crate) type SharedIrq = Arc<Interrupt>;
