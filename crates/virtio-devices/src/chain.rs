@@ -175,6 +175,25 @@ pub fn pop_writable(
     Ok(Some(chains))
 }
 
+/// Re-enables driver notifications such that the *next* buffer the driver
+/// adds triggers one, even if some (too few) are already available: with
+/// EVENT_IDX, virtio-queue sets avail_event to our position, which the
+/// driver has already passed; we set it to the driver's current index.
+pub fn arm_for_more(queue: &mut Queue, mem: &Mem) -> Result<(), QueueError> {
+    queue.enable_notification(mem)?;
+    if queue.event_idx_enabled() {
+        let avail = queue.avail_idx(mem, Ordering::Acquire)?;
+        let at = queue
+            .used_ring()
+            .checked_add(4 + 8 * u64::from(queue.size()))
+            .ok_or(QueueError::Memory(queue.used_ring()))?;
+        mem.store(avail.0.to_le(), GuestAddress(at), Ordering::Release)
+            .map_err(|_| QueueError::Memory(at))?;
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    Ok(())
+}
+
 struct Cursor<'a> {
     mem: &'a Mem,
     segs: &'a [Segment],
