@@ -70,10 +70,7 @@ pub(crate) struct Worker<T> {
 
 impl<T: Send + 'static> Worker<T> {
     /// Spawns `body(stop_fd)`; the body must return soon after `stop_fd` fires.
-    pub fn spawn(
-        name: &str,
-        body: impl FnOnce(EventFd) -> T + Send + 'static,
-    ) -> io::Result<Self> {
+    pub fn spawn(name: &str, body: impl FnOnce(EventFd) -> T + Send + 'static) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let theirs = stop.try_clone()?;
         let handle = std::thread::Builder::new()

@@ -40,7 +40,13 @@ fn rig(size: usize, cfg: BlockConfig) -> Rig {
 
 /// Submits header + payload (readable) and `data_len` writable bytes + status.
 /// Returns (status, used len, data read back).
-fn request(d: &mut FakeDriver, t: u32, sector: u64, payload: &[u8], data_len: u32) -> (u8, u32, Vec<u8>) {
+fn request(
+    d: &mut FakeDriver,
+    t: u32,
+    sector: u64,
+    payload: &[u8],
+    data_len: u32,
+) -> (u8, u32, Vec<u8>) {
     let h = d.alloc(16);
     d.write_bytes(h, &header(t, sector));
     let mut bufs = vec![(h, 16, false)];
@@ -70,7 +76,14 @@ fn request(d: &mut FakeDriver, t: u32, sector: u64, payload: &[u8], data_len: u3
 fn config_space_reports_capacity_and_limits() {
     let mut r = rig(1 << 20, BlockConfig::default());
     let feats = r.d.dev.acked_features();
-    for f in [feat::FLUSH, feat::DISCARD, feat::WRITE_ZEROES, feat::BLK_SIZE, feat::SEG_MAX, feat::SIZE_MAX] {
+    for f in [
+        feat::FLUSH,
+        feat::DISCARD,
+        feat::WRITE_ZEROES,
+        feat::BLK_SIZE,
+        feat::SEG_MAX,
+        feat::SIZE_MAX,
+    ] {
         assert_ne!(feats & f, 0, "feature {f:#x}");
     }
     assert_eq!(feats & feat::RO, 0);
@@ -240,7 +253,10 @@ fn a_slow_disk_never_blocks_the_mmio_path() {
     // The worker is now stuck in the backend; the register path is not.
     let deadline = Instant::now() + T;
     while *gate.entered.lock().unwrap() == 0 {
-        assert!(Instant::now() < deadline, "worker never reached the backend");
+        assert!(
+            Instant::now() < deadline,
+            "worker never reached the backend"
+        );
         std::thread::yield_now();
     }
     assert_eq!(d.read32(regs::MAGIC), 0x7472_6976);

@@ -77,7 +77,10 @@ fn assert_attack(name: &str, attack: impl FnOnce(&mut FakeDriver)) {
     p.blk.ack_interrupts();
     attack(&mut p.blk);
     p.blk.notify(0);
-    assert!(p.blk.wait_needs_reset(T), "{name}: needs-reset not reported");
+    assert!(
+        p.blk.wait_needs_reset(T),
+        "{name}: needs-reset not reported"
+    );
     assert_ne!(
         p.blk.read32(regs::INTERRUPT_STATUS) & 2,
         0,
@@ -89,7 +92,10 @@ fn assert_attack(name: &str, attack: impl FnOnce(&mut FakeDriver)) {
     assert!(!p.rng.needs_reset(), "{name}: rng caught the blk error");
     // A driver reset brings the block device back.
     p.blk.init(ALL, QSIZE);
-    assert!(!p.blk.needs_reset(), "{name}: reset did not clear needs-reset");
+    assert!(
+        !p.blk.needs_reset(),
+        "{name}: reset did not clear needs-reset"
+    );
     assert_eq!(good_read(&mut p.blk), S_OK, "{name}: blk after reset");
 }
 

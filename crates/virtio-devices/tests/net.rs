@@ -21,7 +21,11 @@ struct Netns(String);
 impl Netns {
     fn new() -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("ferro-t{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "ferro-t{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
         sh(&["ip", "netns", "add", &name]);
         Self(name)
     }
@@ -37,7 +41,11 @@ impl Netns {
         std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("netns handle");
             // SAFETY: setns on a valid netns fd; affects only this thread.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            assert_eq!(
+                unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
             Tap::open(&name).expect("open tap in netns")
         })
         .join()
@@ -52,7 +60,10 @@ impl Drop for Netns {
 }
 
 fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
     assert!(st.success(), "{args:?} failed");
 }
 
@@ -124,7 +135,8 @@ impl Guest {
             if want(&f) {
                 return (f, nb);
             }
-            if f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 1] && f[38..42] == GUEST_IP {
+            if f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 1] && f[38..42] == GUEST_IP
+            {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&f[22..28]);
                 let ip: [u8; 4] = f[28..32].try_into().unwrap();
@@ -217,7 +229,9 @@ fn arp_and_ping_round_trip_through_the_host_kernel() {
     let host_mac = arp_resolve(&mut g);
     let payload: Vec<u8> = (0..56u8).collect();
     g.send(&ping(host_mac, &payload, 1));
-    let (reply, _) = g.expect("echo reply", |f| f.len() > 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 0);
+    let (reply, _) = g.expect("echo reply", |f| {
+        f.len() > 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 0
+    });
     assert_eq!(reply[26..30], HOST_IP);
     assert_eq!(reply[42..], payload[..]);
 }
@@ -230,8 +244,13 @@ fn big_frames_use_mergeable_rx_buffers() {
     let payload: Vec<u8> = (0..1400u32).map(|i| (i * 13) as u8).collect();
     for seq in 1..=5 {
         g.send(&ping(host_mac, &payload, seq));
-        let (reply, nb) = g.expect("big echo reply", |f| f.len() > 42 && f[12..14] == [8, 0] && f[34] == 0);
-        assert!(nb >= 6, "1454 bytes in 256-byte buffers needs >= 6, got {nb}");
+        let (reply, nb) = g.expect("big echo reply", |f| {
+            f.len() > 42 && f[12..14] == [8, 0] && f[34] == 0
+        });
+        assert!(
+            nb >= 6,
+            "1454 bytes in 256-byte buffers needs >= 6, got {nb}"
+        );
         assert_eq!(reply[42..], payload[..]);
         assert_eq!(u16::from_be_bytes([reply[40], reply[41]]), seq);
     }
@@ -239,15 +258,21 @@ fn big_frames_use_mergeable_rx_buffers() {
 
 #[test]
 fn without_mergeable_buffers_small_rx_buffers_drop_big_frames_only() {
-    let want = u64::MAX & !feat::MRG_RXBUF;
+    let want = !feat::MRG_RXBUF;
     let (_ns, mut g) = setup(256, want);
     assert_eq!(g.d.dev.acked_features() & feat::MRG_RXBUF, 0);
     let host_mac = arp_resolve(&mut g);
     g.send(&ping(host_mac, &[7; 1400], 9));
     // Dropped; a small ping still gets through afterwards.
     g.send(&ping(host_mac, &[1; 16], 10));
-    let (reply, nb) = g.expect("small echo reply", |f| f.len() > 42 && f[12..14] == [8, 0] && f[34] == 0);
+    let (reply, nb) = g.expect("small echo reply", |f| {
+        f.len() > 42 && f[12..14] == [8, 0] && f[34] == 0
+    });
     assert_eq!(nb, 1);
-    assert_eq!(u16::from_be_bytes([reply[40], reply[41]]), 10, "big reply was dropped");
+    assert_eq!(
+        u16::from_be_bytes([reply[40], reply[41]]),
+        10,
+        "big reply was dropped"
+    );
     assert!(!g.d.needs_reset());
 }

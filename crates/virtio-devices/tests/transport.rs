@@ -115,7 +115,10 @@ fn interrupt_status_and_ack_drive_the_line() {
     // The interrupt is raised after the used ring update: poll for it.
     let deadline = std::time::Instant::now() + T;
     while d.read32(regs::INTERRUPT_STATUS) & 1 == 0 {
-        assert!(std::time::Instant::now() < deadline, "no used-buffer interrupt");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no used-buffer interrupt"
+        );
         std::thread::yield_now();
     }
     assert!(d.irq.level());

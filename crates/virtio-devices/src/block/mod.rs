@@ -2,8 +2,8 @@
 //! backing chain): read, write, flush, discard, write-zeroes, GET_ID and a
 //! read-only mode. Requests run on the device's worker thread.
 
-mod device;
-mod request;
+pub(crate) mod device;
+pub(crate) mod request;
 mod worker;
 
 pub use device::{Block, BlockConfig, BlockError};

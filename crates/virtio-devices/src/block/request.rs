@@ -139,7 +139,7 @@ fn io_status<T>(r: block::Result<T>, what: &str) -> u8 {
 
 /// Byte offset of `[sector, sector + len)` if it is sector-aligned and on the disk.
 fn range(s: &Settings, sector: u64, len: u64) -> Option<u64> {
-    if len % SECTOR != 0 {
+    if !len.is_multiple_of(SECTOR) {
         return None;
     }
     let end = sector.checked_add(len / SECTOR)?;
@@ -209,7 +209,7 @@ fn discard_or_zero(
     kind: RequestKind,
     r: &mut ChainReader<'_>,
 ) -> Result<u8, QueueError> {
-    if r.remaining() == 0 || r.remaining() % 16 != 0 {
+    if r.remaining() == 0 || !r.remaining().is_multiple_of(16) {
         return Ok(S_IOERR);
     }
     while r.remaining() > 0 {
@@ -219,7 +219,11 @@ fn discard_or_zero(
         let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
         let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
         // Discard has no flags; write-zeroes knows only "unmap" (a hint).
-        let allowed = if kind == RequestKind::Discard { 0 } else { UNMAP };
+        let allowed = if kind == RequestKind::Discard {
+            0
+        } else {
+            UNMAP
+        };
         if flags & !allowed != 0 {
             return Ok(S_UNSUPP);
         }

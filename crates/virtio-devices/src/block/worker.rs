@@ -73,7 +73,13 @@ impl BlockWorker {
                 let mut handler = |mem: &Mem, chain: Chain| -> Result<u32, QueueError> {
                     request::execute(backend.as_mut(), settings, bounce, mem, &chain)
                 };
-                drain(&mut self.q.queue, &self.mem, &self.irq, &self.q.notify, &mut handler);
+                drain(
+                    &mut self.q.queue,
+                    &self.mem,
+                    &self.irq,
+                    &self.q.notify,
+                    &mut handler,
+                );
             }
         }
     }

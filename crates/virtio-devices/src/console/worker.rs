@@ -33,7 +33,12 @@ pub(crate) struct ConsoleWorker {
 }
 
 impl ConsoleWorker {
-    pub fn new(mem: Mem, irq: Arc<Interrupt>, mut queues: Vec<QueueContext>, io: ConsoleIo) -> Self {
+    pub fn new(
+        mem: Mem,
+        irq: Arc<Interrupt>,
+        mut queues: Vec<QueueContext>,
+        io: ConsoleIo,
+    ) -> Self {
         let tx = queues.pop().expect("two queues");
         let rx = queues.pop().expect("two queues");
         Self {
@@ -49,7 +54,8 @@ impl ConsoleWorker {
 
     pub fn run(mut self, stop: EventFd) -> Option<ConsoleIo> {
         if let Err(e) = self.serve(&stop) {
-            self.irq.set_needs_reset(format_args!("console worker: {e}"));
+            self.irq
+                .set_needs_reset(format_args!("console worker: {e}"));
         }
         Some(self.io)
     }
@@ -70,7 +76,13 @@ impl ConsoleWorker {
                         consume(&self.tx.notify);
                         let out = &mut self.io.output;
                         let mut h = |mem: &Mem, c: Chain| transmit(mem, &c, out);
-                        drain(&mut self.tx.queue, &self.mem, &self.irq, &self.tx.notify, &mut h);
+                        drain(
+                            &mut self.tx.queue,
+                            &self.mem,
+                            &self.irq,
+                            &self.tx.notify,
+                            &mut h,
+                        );
                         let _ = self.io.output.flush();
                     }
                     RX => {
@@ -104,7 +116,9 @@ impl ConsoleWorker {
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 {
             self.pending.extend(&buf[..n as usize]);
-        } else if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        } else if n == 0
+            || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
             // EOF or a dead fd: stop listening, the guest just sees no input.
             self.input_open = false;
             let _ = poller.set_interest(fd.as_raw_fd(), INPUT, false);

@@ -150,16 +150,30 @@ mod tests {
             parse_mac("52:54:00:AB:cd:0f").unwrap(),
             [0x52, 0x54, 0, 0xab, 0xcd, 0x0f]
         );
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "5254:00:ab:cd:0f", "zz:54:00:ab:cd:0f", "+1:54:00:ab:cd:0f"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:11",
+            "5254:00:ab:cd:0f",
+            "zz:54:00:ab:cd:0f",
+            "+1:54:00:ab:cd:0f",
+        ] {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }
-        assert!(matches!(parse_mac("01:00:5e:00:00:01"), Err(NetError::MulticastMac(_))));
+        assert!(matches!(
+            parse_mac("01:00:5e:00:00:01"),
+            Err(NetError::MulticastMac(_))
+        ));
     }
 
     #[test]
     fn offloads_follow_negotiation() {
         assert_eq!(tap_offloads(0), 0);
-        assert_eq!(tap_offloads(feat::GUEST_TSO4), 0, "TSO needs checksum offload");
+        assert_eq!(
+            tap_offloads(feat::GUEST_TSO4),
+            0,
+            "TSO needs checksum offload"
+        );
         assert_eq!(
             tap_offloads(feat::GUEST_CSUM | feat::GUEST_TSO4 | feat::GUEST_TSO6),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6

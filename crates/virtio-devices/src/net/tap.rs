@@ -150,7 +150,10 @@ impl Tap {
         let mut req = IfReq::new(bridge)?;
         req.set_int(index as i32);
         ioctl_ptr(s.as_raw_fd(), SIOCBRADDIF, &mut req).map_err(|e| {
-            io::Error::new(e.kind(), format!("add {} to bridge {bridge}: {e}", self.name))
+            io::Error::new(
+                e.kind(),
+                format!("add {} to bridge {bridge}: {e}", self.name),
+            )
         })
     }
 

@@ -43,7 +43,10 @@ pub(crate) struct NetWorker {
 
 /// Gathers a tx chain into `buf`; returns the frame length (header included),
 /// or `None` if it is not a plausible frame (too short, too long).
-pub fn parse_tx_frame(r: &mut ChainReader<'_>, buf: &mut [u8]) -> Result<Option<usize>, QueueError> {
+pub fn parse_tx_frame(
+    r: &mut ChainReader<'_>,
+    buf: &mut [u8],
+) -> Result<Option<usize>, QueueError> {
     let len = r.remaining();
     if len < (VNET_HDR_LEN + 14) as u64 || len > buf.len() as u64 {
         return Ok(None);
@@ -53,7 +56,13 @@ pub fn parse_tx_frame(r: &mut ChainReader<'_>, buf: &mut [u8]) -> Result<Option<
 }
 
 impl NetWorker {
-    pub fn new(mem: Mem, irq: Arc<Interrupt>, mut queues: Vec<QueueContext>, tap: Tap, mrg: bool) -> Self {
+    pub fn new(
+        mem: Mem,
+        irq: Arc<Interrupt>,
+        mut queues: Vec<QueueContext>,
+        tap: Tap,
+        mrg: bool,
+    ) -> Self {
         let tx = queues.pop().expect("two queues");
         let rx = queues.pop().expect("two queues");
         Self {
@@ -119,7 +128,13 @@ impl NetWorker {
             }
             Ok(0)
         };
-        drain(&mut self.tx.queue, &self.mem, &self.irq, &self.tx.notify, &mut h);
+        drain(
+            &mut self.tx.queue,
+            &self.mem,
+            &self.irq,
+            &self.tx.notify,
+            &mut h,
+        );
     }
 
     /// Moves frames from the TAP to the guest while both sides allow.
@@ -156,7 +171,11 @@ impl NetWorker {
     /// Delivers the pending frame; false if the guest has no room yet.
     fn deliver(&mut self) -> Result<bool, QueueError> {
         let len = self.rx_len as u64;
-        let max_chains = if self.mrg { usize::from(self.rx.queue.size()) } else { 1 };
+        let max_chains = if self.mrg {
+            usize::from(self.rx.queue.size())
+        } else {
+            1
+        };
         let chains = match chain::pop_writable(&mut self.rx.queue, &self.mem, len, max_chains)? {
             Some(c) => c,
             None if max_chains == 1 && self.first_chain_too_small(len)? => {

@@ -57,13 +57,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     while done < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`,
         // which we own mutably; getrandom writes at most that many bytes.
-        let r = unsafe {
-            libc::getrandom(
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                0,
-            )
-        };
+        let r = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
         if r > 0 {
             done += r as usize;
         } else {

@@ -192,8 +192,12 @@ impl MmioTransport {
         if !r.ready {
             return Ok(q);
         }
-        q.try_set_size(r.size)
-            .map_err(|_| format!("queue {i}: size {} is not a power of two up to {}", r.size, self.max_sizes[i]))?;
+        q.try_set_size(r.size).map_err(|_| {
+            format!(
+                "queue {i}: size {} is not a power of two up to {}",
+                r.size, self.max_sizes[i]
+            )
+        })?;
         q.try_set_desc_table_address(GuestAddress(r.desc))
             .and_then(|_| q.try_set_avail_ring_address(GuestAddress(r.driver)))
             .and_then(|_| q.try_set_used_ring_address(GuestAddress(r.device)))
@@ -359,7 +363,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // The register block only allows aligned 32-bit accesses.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -371,7 +375,7 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - regs::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
