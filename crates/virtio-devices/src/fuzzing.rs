@@ -78,6 +78,7 @@ impl block::BlockBackend for MemDisk {
             length: len,
             data: true,
             zero: false,
+            present: true,
             depth: 0,
             host_offset: Some(offset),
         }])

@@ -105,6 +105,7 @@ impl BlockBackend for FileDisk {
             length: len,
             data: true,
             zero: false,
+            present: true,
             depth: 0,
             host_offset: Some(offset),
         }])
