@@ -33,6 +33,15 @@ pub enum GuestCmd {
     },
     /// Print where the cached default guest's files are.
     Path,
+    /// Build an initramfs (BusyBox + modules) around your own init script.
+    Initramfs {
+        /// Script or program to install as /init.
+        #[arg(long)]
+        init: PathBuf,
+        /// Output file (gzip'd newc cpio).
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
 }
 
 pub fn main(args: GuestArgs) -> Result<i32> {
@@ -44,6 +53,14 @@ pub fn main(args: GuestArgs) -> Result<i32> {
         }
         GuestCmd::Path => {
             DefaultGuest::cached()?.print_paths();
+            Ok(0)
+        }
+        GuestCmd::Initramfs { init, output } => {
+            let script = std::fs::read_to_string(&init)
+                .with_context(|| format!("cannot read init script {}", init.display()))?;
+            let img = DefaultGuest::cached()?.initramfs(&script, &[])?;
+            std::fs::write(&output, img)
+                .with_context(|| format!("cannot write {}", output.display()))?;
             Ok(0)
         }
     }

@@ -1,0 +1,93 @@
+//! `ferro run --bios none --kernel prog.elf`: a bare-metal ELF (assembled
+//! here with Debian's riscv64 cross gcc) prints through HTIF's console and
+//! exits through `tohost`; ferro's exit status is the program's code.
+
+mod run_common;
+use run_common::*;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn program(code: u32) -> String {
+    format!(
+        r#"
+    .section .text.init, "ax"
+    .globl _start
+_start:
+    la a0, msg
+1:  lbu a1, 0(a0)
+    beqz a1, 2f
+    li t0, 0x0101000000000000   # device 1 (console), command 1 (putchar)
+    or t0, t0, a1
+    la t1, tohost
+    sd t0, 0(t1)
+3:  ld t2, 0(t1)                # the host clears tohost once it is done
+    bnez t2, 3b
+    addi a0, a0, 1
+    j 1b
+2:  li t0, {exit}
+    la t1, tohost
+    sd t0, 0(t1)
+4:  j 4b
+    .section .rodata
+msg: .asciz "hello from htif\n"
+    .section .tohost, "aw", @progbits
+    .align 6
+    .globl tohost
+tohost: .dword 0
+    .align 6
+    .globl fromhost
+fromhost: .dword 0
+"#,
+        exit = (code << 1) | 1
+    )
+}
+
+fn assemble(dir: &tempfile::TempDir, code: u32) -> std::path::PathBuf {
+    let src = write(dir, &format!("p{code}.S"), program(code).as_bytes());
+    let elf = dir.path().join(format!("p{code}.elf"));
+    let out = std::process::Command::new("riscv64-linux-gnu-gcc")
+        .args([
+            "-nostdlib",
+            "-nostartfiles",
+            "-static",
+            "-march=rv64gc",
+            "-mabi=lp64d",
+        ])
+        .args(["-Wl,-Ttext=0x80000000", "-Wl,--no-relax", "-o"])
+        .arg(&elf)
+        .arg(&src)
+        .output()
+        .expect(
+            "riscv64-linux-gnu-gcc is required (scripts/deps test installs gcc-riscv64-linux-gnu)",
+        );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elf
+}
+
+fn run(code: u32) -> (i32, String) {
+    let dir = tempdir();
+    let elf = assemble(&dir, code);
+    let mut cmd = ferro();
+    cmd.args(["run", "--arch", "riscv64", "--bios", "none", "--kernel"])
+        .arg(&elf);
+    Running::spawn(cmd, Stdio::null()).finish(Instant::now() + Duration::from_secs(60))
+}
+
+#[test]
+fn htif_console_and_exit_code_zero() {
+    let (code, out) = run(0);
+    assert!(out.contains("hello from htif"), "{out}");
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn htif_nonzero_exit_code_is_ferros_status() {
+    let (code, out) = run(3);
+    assert!(out.contains("hello from htif"), "{out}");
+    assert_eq!(code, 3, "{out}");
+}
