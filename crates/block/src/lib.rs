@@ -123,6 +123,9 @@ pub struct OpenOptions {
     /// Opened for `check`: a dirty image is not repaired automatically and a
     /// corrupt image may be opened writable (for `check -r`).
     pub check: bool,
+    /// Open the image files with O_DIRECT (qemu's `cache=none`, used by
+    /// `ferro img bench -t none`); the engine keeps its I/O buffers aligned.
+    pub direct: bool,
     /// L2 cache size in bytes; `None` = enough for the whole image up to
     /// 32 MiB (always covers at least 8 GiB with 64 KiB clusters).
     pub l2_cache_size: Option<u64>,
