@@ -21,9 +21,35 @@
 //!
 //! Dependencies: `vm-memory` (rust-vmm guest memory, shared with the devices).
 
-use std::sync::Arc;
+// manual_is_multiple_of: the workspace MSRV (1.85) predates is_multiple_of.
+// bad_bit_mask: the generic page-crossing check is trivially true for bytes.
+#![allow(
+    clippy::too_many_arguments,
+    clippy::type_complexity,
+    clippy::manual_is_multiple_of,
+    clippy::bad_bit_mask
+)]
 
-use vm_memory::GuestMemoryMmap;
+mod aclint;
+mod cpus;
+mod csr;
+pub mod decode;
+mod exec;
+pub mod fpu;
+mod hart;
+mod htif;
+mod mmu;
+mod tlb;
+mod trap;
+
+use std::sync::{Arc, Mutex};
+
+use vm_memory::{
+    Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+
+use cpus::{Shared, MIP_MEIP, MIP_SEIP};
+use hart::{BlockCache, Hart};
 
 /// Size of the ACLINT window (SiFive CLINT layout) returned by [`Cpus::aclint`].
 pub const ACLINT_SIZE: u64 = 0x1_0000;
@@ -116,76 +142,200 @@ pub enum Error {
 /// Cheap, clonable handle the PLIC uses to drive MEIP/SEIP.
 #[derive(Clone)]
 pub struct IrqHandle {
-    _private: (),
+    sh: Arc<Shared>,
 }
 
 impl IrqHandle {
     /// Sets the level of `hart`'s external interrupt line for `ctx` (MEIP or the
     /// external half of SEIP; the guest-writable SEIP bit is OR'd in). Wakes the
     /// hart from WFI. Out-of-range harts are ignored. Cheap when unchanged.
-    pub fn set_external(&self, _hart: usize, _ctx: IrqContext, _level: bool) {
-        todo!()
+    pub fn set_external(&self, hart: usize, ctx: IrqContext, level: bool) {
+        let Some(hs) = self.sh.harts.get(hart) else {
+            return;
+        };
+        let bit = match ctx {
+            IrqContext::Machine => MIP_MEIP,
+            IrqContext::Supervisor => MIP_SEIP,
+        };
+        let old = if level {
+            hs.ext.fetch_or(bit, std::sync::atomic::Ordering::SeqCst)
+        } else {
+            hs.ext.fetch_and(!bit, std::sync::atomic::Ordering::SeqCst)
+        };
+        if (old & bit != 0) != level {
+            hs.kick();
+        }
     }
 }
 
 /// Clonable handle to stop all harts from another thread or a device.
 #[derive(Clone)]
 pub struct Control {
-    _private: (),
+    sh: Arc<Shared>,
 }
 
 impl Control {
     /// First reason wins; all harts stop at their next block end (also from WFI),
     /// and [`Cpus::run`] returns that reason.
-    pub fn request_exit(&self, _reason: ExitReason) {
-        todo!()
+    pub fn request_exit(&self, reason: ExitReason) {
+        self.sh.request_exit(reason);
     }
 }
 
 /// All harts of one machine.
 pub struct Cpus {
-    _private: (),
+    sh: Arc<Shared>,
+    harts: Vec<(Hart, BlockCache)>,
+    aclint: Arc<Mutex<aclint::Aclint>>,
 }
 
 impl Cpus {
     /// Builds `cfg.harts` harts in their reset state (M mode, pc 0, registers 0).
-    pub fn new(_cfg: CpuConfig) -> Result<Self, Error> {
-        todo!()
+    pub fn new(cfg: CpuConfig) -> Result<Self, Error> {
+        if !(1..=8).contains(&cfg.harts) {
+            return Err(Error::HartCount(cfg.harts));
+        }
+        if cfg.ram.num_regions() != 1 {
+            return Err(Error::Ram(format!("{} regions", cfg.ram.num_regions())));
+        }
+        let region = cfg
+            .ram
+            .iter()
+            .next()
+            .ok_or_else(|| Error::Ram("no region".into()))?;
+        let base = region.start_addr().raw_value();
+        let size = region.len();
+        if base & 0xfff != 0 || size == 0 {
+            return Err(Error::Ram(format!(
+                "base {base:#x} must be page aligned and the size non-zero"
+            )));
+        }
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| Error::Ram(e.to_string()))? as u64;
+        if let Some(h) = &cfg.htif {
+            for a in [Some(h.tohost), h.fromhost].into_iter().flatten() {
+                if a < base || a.saturating_add(8) > base + size {
+                    return Err(Error::Htif(a));
+                }
+            }
+        }
+        let sh = Arc::new(Shared::new(
+            cfg.ram.clone(),
+            base,
+            size,
+            host,
+            cfg.harts,
+            cfg.timebase_hz,
+            cfg.htif,
+            cfg.htif_console,
+        ));
+        let harts = (0..cfg.harts)
+            .map(|i| (Hart::new(i, sh.clone()), BlockCache::new()))
+            .collect();
+        let aclint = Arc::new(Mutex::new(aclint::Aclint { sh: sh.clone() }));
+        Ok(Cpus { sh, harts, aclint })
     }
     /// Sets a hart's start state: pc, integer registers given as `(index, value)`
     /// (x1..x31; OpenSBI wants a0 = x10 = hartid, a1 = x11 = FDT address,
     /// a2 = x12 = fw_dynamic_info address) and privilege mode. Every hart runs
     /// from its boot state when [`Cpus::run`] starts; a hart never given one starts
     /// at pc 0. Out-of-range harts/registers are ignored.
-    pub fn set_boot_state(&mut self, _hart: usize, _pc: u64, _regs: &[(usize, u64)], _mode: Mode) {
-        todo!()
+    pub fn set_boot_state(&mut self, hart: usize, pc: u64, regs: &[(usize, u64)], mode: Mode) {
+        if let Some((h, _)) = self.harts.get_mut(hart) {
+            h.set_boot(pc, regs, mode);
+        }
     }
     /// The ACLINT (MSWI msip at +0, MTIMER mtimecmp at +0x4000, mtime at +0xBFF8;
     /// SiFive CLINT layout) for the machine to map on its bus at 0x0200_0000,
     /// length [`ACLINT_SIZE`]. mtime comes from the host monotonic clock.
-    pub fn aclint(&self) -> Arc<std::sync::Mutex<dyn devices::BusDevice>> {
-        todo!()
+    pub fn aclint(&self) -> Arc<Mutex<dyn devices::BusDevice>> {
+        self.aclint.clone()
     }
     pub fn irq_handle(&self) -> IrqHandle {
-        todo!()
+        IrqHandle {
+            sh: self.sh.clone(),
+        }
     }
     pub fn control(&self) -> Control {
-        todo!()
+        Control {
+            sh: self.sh.clone(),
+        }
     }
     /// Runs every hart on its own host thread until one of them (HTIF, a device
     /// through [`Control`]) stops the machine; returns the first reason. `bus`
     /// serves every physical access outside RAM. May be called again after
     /// [`Cpus::reset`] + [`Cpus::set_boot_state`] (for `ExitReason::Reset`).
-    pub fn run(&mut self, _bus: Arc<dyn SystemBus>) -> ExitReason {
-        todo!()
+    /// An emulator bug in a hart thread (a panic) stops the machine with
+    /// `ExitReason::Error`.
+    pub fn run(&mut self, bus: Arc<dyn SystemBus>) -> ExitReason {
+        let sh = self.sh.clone();
+        std::thread::scope(|s| {
+            for (hart, cache) in self.harts.iter_mut() {
+                let bus = bus.clone();
+                let hsh = sh.clone();
+                std::thread::Builder::new()
+                    .name(format!("hart{}", hart.id))
+                    .spawn_scoped(s, move || {
+                        let id = hart.id;
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            hart.run(cache, bus)
+                        }));
+                        if r.is_err() {
+                            hsh.request_exit(ExitReason::Error(format!(
+                                "hart {id}: emulator panic"
+                            )));
+                        }
+                    })
+                    .map_err(|e| {
+                        sh.request_exit(ExitReason::Error(format!("cannot start hart thread: {e}")))
+                    })
+                    .ok();
+            }
+        });
+        let reason = sh
+            .exit_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        reason.unwrap_or(ExitReason::Stopped)
     }
     /// Back to the power-on state (all harts M mode, pc 0, caches flushed,
-    /// pending exit cleared). RAM is untouched: the machine reloads it.
+    /// pending exit cleared, timers and IPIs cleared). RAM is untouched: the
+    /// machine reloads it.
     pub fn reset(&mut self) {
-        todo!()
+        use std::sync::atomic::Ordering;
+        for (h, c) in self.harts.iter_mut() {
+            h.reset();
+            c.flush();
+        }
+        for hs in self.sh.harts.iter() {
+            hs.ext.store(0, Ordering::SeqCst);
+            hs.mtimecmp.store(u64::MAX, Ordering::SeqCst);
+            hs.attention.store(false, Ordering::SeqCst);
+        }
+        for (i, f) in self.sh.page_flags.iter().enumerate() {
+            if f.swap(0, Ordering::SeqCst) != 0 {
+                self.sh.page_version[i].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.sh.mark_htif();
+        *self
+            .sh
+            .exit_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.sh.exit_flag.store(false, Ordering::SeqCst);
+    }
+    /// Diagnostics: each hart's (pc, privilege mode, mcause, mepc, scause, sepc) after `run`.
+    pub fn hart_states(&self) -> Vec<(u64, u8, u64, u64, u64, u64)> {
+        self.harts
+            .iter()
+            .map(|(h, _)| (h.pc, h.mode, h.mcause, h.mepc, h.scause, h.sepc))
+            .collect()
     }
     /// Instructions retired by all harts so far (over every `run`), for MIPS figures.
     pub fn instret(&self) -> u64 {
-        todo!()
+        self.harts.iter().map(|(h, _)| h.instret).sum()
     }
 }

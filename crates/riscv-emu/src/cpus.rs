@@ -1,0 +1,180 @@
+//! State shared by all harts of a machine: RAM mapping, per-page code/HTIF
+//! flags, per-hart interrupt lines and timers, the virtual clock and the exit
+//! request. Handles (`IrqHandle`, `Control`, the ACLINT) hold an `Arc` of it.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::{ExitReason, HtifConfig};
+
+/// Page flag: the page holds decoded instructions (stores must invalidate).
+pub const PAGE_CODE: u8 = 1;
+/// Page flag: the page holds HTIF `tohost` (stores must be inspected).
+pub const PAGE_HTIF: u8 = 2;
+
+pub const MIP_SSIP: u64 = 1 << 1;
+pub const MIP_MSIP: u64 = 1 << 3;
+pub const MIP_STIP: u64 = 1 << 5;
+pub const MIP_MTIP: u64 = 1 << 7;
+pub const MIP_SEIP: u64 = 1 << 9;
+pub const MIP_MEIP: u64 = 1 << 11;
+
+/// Per-hart state other threads touch. Cache-line aligned against false sharing.
+#[repr(align(64))]
+pub struct HartShared {
+    /// Externally driven mip bits: MSIP (ACLINT), MEIP and external SEIP (PLIC).
+    pub ext: AtomicU64,
+    pub mtimecmp: AtomicU64,
+    /// Something changed that the hart must look at at its next block end.
+    pub attention: AtomicBool,
+    pub lock: Mutex<()>,
+    pub cv: Condvar,
+}
+
+impl HartShared {
+    fn new() -> Self {
+        HartShared {
+            ext: AtomicU64::new(0),
+            mtimecmp: AtomicU64::new(u64::MAX),
+            attention: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+    /// Flags attention and wakes the hart if it sleeps in WFI.
+    pub fn kick(&self) {
+        self.attention.store(true, Ordering::SeqCst);
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.cv.notify_all();
+    }
+}
+
+/// mtime derived from the host monotonic clock.
+pub struct Clock {
+    start: Instant,
+    hz: u64,
+    offset: AtomicI64,
+}
+
+impl Clock {
+    pub fn new(hz: u64) -> Self {
+        Clock {
+            start: Instant::now(),
+            hz: hz.max(1),
+            offset: AtomicI64::new(0),
+        }
+    }
+    fn ticks(&self) -> u64 {
+        let ns = self.start.elapsed().as_nanos();
+        (ns * self.hz as u128 / 1_000_000_000) as u64
+    }
+    pub fn mtime(&self) -> u64 {
+        self.ticks()
+            .wrapping_add(self.offset.load(Ordering::Relaxed) as u64)
+    }
+    pub fn set_mtime(&self, v: u64) {
+        self.offset
+            .store(v.wrapping_sub(self.ticks()) as i64, Ordering::Relaxed);
+    }
+    /// Host time until mtime reaches `target` (zero if already there).
+    pub fn until(&self, target: u64) -> Duration {
+        let now = self.mtime();
+        if target <= now {
+            return Duration::ZERO;
+        }
+        let ticks = (target - now) as u128;
+        let ns = ticks * 1_000_000_000 / self.hz as u128;
+        Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
+    }
+}
+
+pub struct Shared {
+    pub ram_base: u64,
+    pub ram_size: u64,
+    /// Host address of guest RAM's first byte.
+    pub ram_host: u64,
+    /// Keeps the mapping alive.
+    pub _mem: GuestMemoryMmap,
+    pub page_flags: Box<[AtomicU8]>,
+    pub page_version: Box<[AtomicU32]>,
+    pub harts: Box<[HartShared]>,
+    pub exit_flag: AtomicBool,
+    pub exit_reason: Mutex<Option<ExitReason>>,
+    pub clock: Clock,
+    pub htif: Option<HtifConfig>,
+    pub htif_console: Mutex<Option<Box<dyn FnMut(u8) + Send>>>,
+}
+
+impl Shared {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        ram_base: u64,
+        ram_size: u64,
+        ram_host: u64,
+        harts: usize,
+        hz: u64,
+        htif: Option<HtifConfig>,
+        htif_console: Option<Box<dyn FnMut(u8) + Send>>,
+    ) -> Self {
+        let pages = ram_size.div_ceil(4096) as usize;
+        let sh = Shared {
+            ram_base,
+            ram_size,
+            ram_host,
+            _mem: mem,
+            page_flags: (0..pages).map(|_| AtomicU8::new(0)).collect(),
+            page_version: (0..pages).map(|_| AtomicU32::new(0)).collect(),
+            harts: (0..harts).map(|_| HartShared::new()).collect(),
+            exit_flag: AtomicBool::new(false),
+            exit_reason: Mutex::new(None),
+            clock: Clock::new(hz),
+            htif,
+            htif_console: Mutex::new(htif_console),
+        };
+        if let Some(h) = &sh.htif {
+            sh.mark_htif();
+            let _ = h;
+        }
+        sh
+    }
+
+    pub fn mark_htif(&self) {
+        if let Some(h) = &self.htif {
+            for a in [Some(h.tohost), h.fromhost].into_iter().flatten() {
+                if let Some(p) = self.ram_page(a) {
+                    self.page_flags[p].fetch_or(PAGE_HTIF, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// RAM page index of a physical address.
+    #[inline]
+    pub fn ram_page(&self, pa: u64) -> Option<usize> {
+        let off = pa.wrapping_sub(self.ram_base);
+        (off < self.ram_size).then_some((off >> 12) as usize)
+    }
+
+    /// Host address of `[pa, pa + len)` if it lies wholly in RAM.
+    #[inline]
+    pub fn ram_host_addr(&self, pa: u64, len: u64) -> Option<u64> {
+        let off = pa.wrapping_sub(self.ram_base);
+        (off < self.ram_size && self.ram_size - off >= len).then(|| self.ram_host + off)
+    }
+
+    pub fn request_exit(&self, reason: ExitReason) {
+        {
+            let mut r = self.exit_reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.exit_flag.store(true, Ordering::SeqCst);
+        for h in self.harts.iter() {
+            h.kick();
+        }
+    }
+}

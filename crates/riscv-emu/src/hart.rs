@@ -1,0 +1,375 @@
+//! One hart: architectural state, the decoded-block cache and the run loop.
+//! Interrupts, timers and exit requests are looked at between blocks only,
+//! when the instruction budget runs out or another thread flagged attention.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cpus::{Shared, PAGE_CODE};
+use crate::decode::{decode16, decode32, insn_len, Insn};
+use crate::tlb::Tlb;
+use crate::trap::Exc;
+use crate::{Mode, SystemBus};
+
+/// Instructions between looks at the clock (timer interrupts).
+const BUDGET: i64 = 4096;
+/// Longest decoded block.
+const MAX_BLOCK: usize = 64;
+const CACHE_BITS: u32 = 14;
+
+struct NullBus;
+impl SystemBus for NullBus {
+    fn load(&self, _: usize, _: u64, _: u8) -> Option<u64> {
+        None
+    }
+    fn store(&self, _: usize, _: u64, _: u8, _: u64) -> bool {
+        false
+    }
+}
+
+pub struct Hart {
+    pub id: usize,
+    /// x0..x31, plus x32: the sink that decoded writes to x0 land in.
+    pub x: [u64; 33],
+    pub f: [u64; 32],
+    pub pc: u64,
+    /// 0 = U, 1 = S, 3 = M.
+    pub mode: u8,
+    pub mstatus: u64,
+    pub medeleg: u64,
+    pub mideleg: u64,
+    pub mie: u64,
+    /// Hart-local mip bits: SSIP, STIP (when not Sstc-driven), software SEIP.
+    pub mip_local: u64,
+    pub mtvec: u64,
+    pub stvec: u64,
+    pub mepc: u64,
+    pub sepc: u64,
+    pub mcause: u64,
+    pub scause: u64,
+    pub mtval: u64,
+    pub stval: u64,
+    pub mscratch: u64,
+    pub sscratch: u64,
+    pub satp: u64,
+    pub mcounteren: u64,
+    pub scounteren: u64,
+    pub menvcfg: u64,
+    pub senvcfg: u64,
+    pub mcountinhibit: u64,
+    pub stimecmp: u64,
+    pub fflags: u32,
+    pub frm: u32,
+    pub pmpcfg: [u64; 8],
+    pub pmpaddr: [u64; 64],
+    /// Retired instructions (also `cycle`).
+    pub instret: u64,
+    /// LR reservation: host address, loaded value, size.
+    pub reservation: Option<(u64, u64, u8)>,
+    pub tlb: Box<Tlb>,
+    /// TLB table indices for fetch, load, store in the current context.
+    pub tf: usize,
+    pub tl: usize,
+    pub ts: usize,
+    pub sh: Arc<Shared>,
+    pub bus: Arc<dyn SystemBus>,
+    pub budget: i64,
+    /// Re-check interrupts at the next block end.
+    pub check: bool,
+    pub wfi: bool,
+    pub flush_icache: bool,
+}
+
+impl Hart {
+    pub fn new(id: usize, sh: Arc<Shared>) -> Self {
+        let mut h = Hart {
+            id,
+            x: [0; 33],
+            f: [0; 32],
+            pc: 0,
+            mode: 3,
+            mstatus: 0,
+            medeleg: 0,
+            mideleg: 0,
+            mie: 0,
+            mip_local: 0,
+            mtvec: 0,
+            stvec: 0,
+            mepc: 0,
+            sepc: 0,
+            mcause: 0,
+            scause: 0,
+            mtval: 0,
+            stval: 0,
+            mscratch: 0,
+            sscratch: 0,
+            satp: 0,
+            mcounteren: 0,
+            scounteren: 0,
+            menvcfg: 0,
+            senvcfg: 0,
+            mcountinhibit: 0,
+            stimecmp: u64::MAX,
+            fflags: 0,
+            frm: 0,
+            pmpcfg: [0; 8],
+            pmpaddr: [0; 64],
+            instret: 0,
+            reservation: None,
+            tlb: Tlb::new(),
+            tf: 0,
+            tl: 1,
+            ts: 2,
+            sh,
+            bus: Arc::new(NullBus),
+            budget: 0,
+            check: true,
+            wfi: false,
+            flush_icache: true,
+        };
+        h.update_ctx();
+        h
+    }
+
+    /// Power-on state (keeps identity, RAM mapping and retired-instruction count).
+    pub fn reset(&mut self) {
+        let n = Hart::new(self.id, self.sh.clone());
+        let instret = self.instret;
+        *self = n;
+        self.instret = instret;
+    }
+
+    pub fn set_boot(&mut self, pc: u64, regs: &[(usize, u64)], mode: Mode) {
+        self.pc = pc;
+        for &(r, v) in regs {
+            if (1..32).contains(&r) {
+                self.x[r] = v;
+            }
+        }
+        self.mode = mode as u8;
+        self.update_ctx();
+    }
+
+    /// Runs until the machine is asked to stop.
+    pub fn run(&mut self, cache: &mut BlockCache, bus: Arc<dyn SystemBus>) {
+        self.bus = bus;
+        self.check = true;
+        let sh = self.sh.clone();
+        let hs = &sh.harts[self.id];
+        loop {
+            if self.budget <= 0 || self.check || hs.attention.load(Ordering::Relaxed) {
+                if sh.exit_flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if self.flush_icache {
+                    cache.flush();
+                    self.flush_icache = false;
+                }
+                if !self.service() {
+                    break;
+                }
+            }
+            let pc = self.pc;
+            let pa = match self.fetch_pa(pc) {
+                Ok(pa) => pa,
+                Err(e) => {
+                    self.trap(e);
+                    continue;
+                }
+            };
+            match cache.lookup(&sh, pa) {
+                Some(b) => self.exec_block(&b.insns),
+                None => match cache.build(self, pa) {
+                    Some(b) => self.exec_block(&b.insns),
+                    None => self.exec_straddling(pa),
+                },
+            }
+        }
+    }
+
+    /// Block-end work: interrupts, timers, WFI sleep. False when the machine stops.
+    fn service(&mut self) -> bool {
+        let sh = self.sh.clone();
+        let hs = &sh.harts[self.id];
+        self.budget = BUDGET;
+        self.check = false;
+        hs.attention.store(false, Ordering::Relaxed);
+        loop {
+            let mip = self.read_mip();
+            if self.wfi {
+                if mip & self.mie != 0 {
+                    self.wfi = false;
+                } else {
+                    self.sleep();
+                    if sh.exit_flag.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    continue;
+                }
+            }
+            if let Some(cause) = self.pending_interrupt(mip) {
+                self.take_interrupt(cause);
+            }
+            return true;
+        }
+    }
+
+    /// WFI: block until kicked or the next enabled timer deadline.
+    fn sleep(&mut self) {
+        let sh = self.sh.clone();
+        let hs = &sh.harts[self.id];
+        let mut deadline = u64::MAX;
+        if self.mie & crate::cpus::MIP_MTIP != 0 {
+            deadline = deadline.min(hs.mtimecmp.load(Ordering::Relaxed));
+        }
+        if self.mie & crate::cpus::MIP_STIP != 0 && self.stce() {
+            deadline = deadline.min(self.stimecmp);
+        }
+        let g = hs.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if hs.attention.swap(false, Ordering::SeqCst) || sh.exit_flag.load(Ordering::SeqCst) {
+            return;
+        }
+        let timeout = sh.clock.until(deadline).min(Duration::from_millis(500));
+        if timeout.is_zero() {
+            return;
+        }
+        let _ = hs.cv.wait_timeout(g, timeout);
+    }
+
+    #[inline(always)]
+    fn exec_block(&mut self, insns: &[Insn]) {
+        let n = insns.len();
+        self.instret = self.instret.wrapping_add(n as u64);
+        self.budget -= n as i64;
+        for (i, insn) in insns.iter().enumerate() {
+            if let Err(e) = self.exec(insn) {
+                self.instret = self.instret.wrapping_sub((n - i) as u64);
+                self.trap(e);
+                return;
+            }
+        }
+    }
+
+    /// A 32-bit instruction whose second half is on the next page.
+    #[cold]
+    fn exec_straddling(&mut self, pa: u64) {
+        let lo = match self.sh.ram_host_addr(pa, 2) {
+            // SAFETY: the range was checked to lie in guest RAM.
+            Some(h) => (unsafe { (h as *const u16).read_unaligned() }) as u32,
+            None => return self.trap(Exc::fetch_access(self.pc)),
+        };
+        let pc2 = self.pc.wrapping_add(2);
+        let hi = match self.fetch_pa(pc2) {
+            Ok(pa2) => match self.sh.ram_host_addr(pa2, 2) {
+                // SAFETY: the range was checked to lie in guest RAM.
+                Some(h) => (unsafe { (h as *const u16).read_unaligned() }) as u32,
+                None => return self.trap(Exc::fetch_access(pc2)),
+            },
+            Err(e) => return self.trap(e),
+        };
+        let insn = decode32(lo | hi << 16);
+        self.exec_block(&[insn]);
+    }
+}
+
+pub struct Block {
+    pa: u64,
+    gen: u32,
+    version: u32,
+    insns: Box<[Insn]>,
+}
+
+/// Decoded blocks keyed by physical address, direct mapped. Entries are
+/// invalidated by a generation bump (fence.i) or by the page's version
+/// moving (a store hit a page holding decoded code).
+pub struct BlockCache {
+    slots: Vec<Option<Box<Block>>>,
+    gen: u32,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BlockCache {
+    pub fn new() -> Self {
+        BlockCache {
+            slots: (0..1usize << CACHE_BITS).map(|_| None).collect(),
+            gen: 1,
+        }
+    }
+
+    pub fn flush(&mut self) {
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 {
+            self.slots.iter_mut().for_each(|s| *s = None);
+            self.gen = 1;
+        }
+    }
+
+    #[inline(always)]
+    fn slot(pa: u64) -> usize {
+        ((pa >> 1) as usize ^ (pa >> 15) as usize) & ((1 << CACHE_BITS) - 1)
+    }
+
+    #[inline(always)]
+    fn lookup(&self, sh: &Shared, pa: u64) -> Option<&Block> {
+        let b = self.slots[Self::slot(pa)].as_deref()?;
+        if b.pa != pa || b.gen != self.gen {
+            return None;
+        }
+        let page = sh.ram_page(pa)?;
+        (sh.page_version[page].load(Ordering::Relaxed) == b.version).then_some(b)
+    }
+
+    /// Decodes the block at `pa` (in RAM, checked by fetch). None when the first
+    /// instruction straddles the page end.
+    fn build(&mut self, hart: &Hart, pa: u64) -> Option<&Block> {
+        let sh = &hart.sh;
+        let page = sh.ram_page(pa)?;
+        // Mark the page as code before reading it, so a racing store bumps the version.
+        sh.page_flags[page].fetch_or(PAGE_CODE, Ordering::SeqCst);
+        let version = sh.page_version[page].load(Ordering::SeqCst);
+        let page_end = (pa | 0xfff) + 1;
+        let ram_end = sh.ram_base + sh.ram_size;
+        let end = page_end.min(ram_end);
+        let mut insns = Vec::with_capacity(16);
+        let mut a = pa;
+        while insns.len() < MAX_BLOCK && a + 2 <= end {
+            let host = sh.ram_host + (a - sh.ram_base);
+            // SAFETY: [a, a+2) lies in guest RAM (a + 2 <= end <= RAM end).
+            let lo = unsafe { (host as *const u16).read_unaligned() };
+            let insn = match insn_len(lo) {
+                2 => decode16(lo as u32),
+                4 => {
+                    if a + 4 > end {
+                        break;
+                    }
+                    // SAFETY: [a, a+4) lies in guest RAM, checked just above.
+                    let w = unsafe { (host as *const u32).read_unaligned() };
+                    decode32(w)
+                }
+                _ => Insn::illegal(lo as u32, 2),
+            };
+            insns.push(insn);
+            a += insn.len as u64;
+            if insn.ends_block() {
+                break;
+            }
+        }
+        if insns.is_empty() {
+            return None;
+        }
+        let slot = Self::slot(pa);
+        self.slots[slot] = Some(Box::new(Block {
+            pa,
+            gen: self.gen,
+            version,
+            insns: insns.into_boxed_slice(),
+        }));
+        self.slots[slot].as_deref()
+    }
+}

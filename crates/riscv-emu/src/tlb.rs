@@ -1,0 +1,49 @@
+//! Software TLB: per hart, direct mapped, one table per (translation context,
+//! access kind). RAM entries store `host - vaddr` so a hit is one add; MMIO
+//! pages get a tagged entry (never taken by the fast path) that only skips the
+//! page walk.
+
+pub const TLB_BITS: u32 = 8;
+pub const TLB_SIZE: usize = 1 << TLB_BITS;
+pub const FETCH: usize = 0;
+pub const LOAD: usize = 1;
+pub const STORE: usize = 2;
+/// Contexts: 0 = untranslated (M mode or satp Bare), 1 = S, 2 = S with SUM, 3 = U.
+pub const CONTEXTS: usize = 4;
+/// Tag bit marking an MMIO entry (its `addend` maps vaddr to paddr instead).
+pub const MMIO_TAG: u64 = 1 << 63;
+pub const INVALID: u64 = u64::MAX;
+
+#[derive(Clone, Copy)]
+pub struct TlbEntry {
+    /// Virtual page number (| MMIO_TAG for MMIO pages), or INVALID.
+    pub tag: u64,
+    /// RAM: host address - vaddr. MMIO: paddr - vaddr.
+    pub addend: u64,
+}
+
+pub struct Tlb {
+    pub t: [[TlbEntry; TLB_SIZE]; CONTEXTS * 3],
+}
+
+impl Tlb {
+    pub fn new() -> Box<Self> {
+        Box::new(Tlb {
+            t: [[TlbEntry {
+                tag: INVALID,
+                addend: 0,
+            }; TLB_SIZE]; CONTEXTS * 3],
+        })
+    }
+    pub fn flush(&mut self) {
+        for table in self.t.iter_mut() {
+            for e in table.iter_mut() {
+                e.tag = INVALID;
+            }
+        }
+    }
+    #[inline(always)]
+    pub fn index(va: u64) -> usize {
+        ((va >> 12) as usize) & (TLB_SIZE - 1)
+    }
+}

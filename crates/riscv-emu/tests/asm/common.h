@@ -1,0 +1,25 @@
+/* Shared test scaffolding: gp holds the current test number; FAIL exits
+   through HTIF with code (gp), PASS with 0. Unexpected traps exit with
+   0x400 + mcause. */
+#define TEST(n) li gp, n
+#define CHECK(reg, val) li t6, val; bne reg, t6, fail
+#define CHECKR(reg, reg2) bne reg, reg2, fail
+
+#define START \
+  .section .text.init; .globl _start; _start: \
+  csrr t0, mhartid; bnez t0, other_harts; \
+  la t0, unexpected_trap; csrw mtvec, t0; \
+  la sp, stack_top; li gp, 0;
+
+#define END \
+pass: li a0, 1; la t0, tohost; sd a0, 0(t0); 1: j 1b; \
+fail: slli a0, gp, 1; ori a0, a0, 1; la t0, tohost; sd a0, 0(t0); 1: j 1b; \
+  .align 2; \
+unexpected_trap: csrr a0, mcause; bltz a0, 2f; addi a0, a0, 0x400; 3: slli a0, a0, 1; ori a0, a0, 1; \
+  la t0, tohost; sd a0, 0(t0); 1: j 1b; \
+2: slli a0, a0, 1; srli a0, a0, 1; addi a0, a0, 0x500; j 3b; \
+  .section .tohost, "aw"; .align 6; .globl tohost; tohost: .dword 0; .align 6; .globl fromhost; fromhost: .dword 0; \
+  .data; .align 12; stack: .space 8192; stack_top: ;
+
+/* Harts other than 0 park unless the test defines its own entry. */
+#define PARK_OTHERS other_harts: wfi; j other_harts;
