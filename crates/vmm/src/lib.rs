@@ -7,6 +7,7 @@
 //! not fit); host-side errors exit 1 with a message.
 
 pub mod console;
+pub mod virtio;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -54,6 +55,8 @@ pub struct RunArgs {
     /// Print instructions retired and MIPS to stderr when the VM ends.
     #[arg(long)]
     pub stats: bool,
+    #[command(flatten)]
+    pub virtio: virtio::VirtioArgs,
 }
 
 impl Default for RunArgs {
@@ -148,8 +151,8 @@ impl BootFiles {
 
 /// Virtio devices (`--disk`, `--net`, `--rng`: issue 4) are attached here,
 /// through [`MachineBuilder::add_virtio`] / [`MachineBuilder::attach_virtio`].
-fn attach_virtio(_builder: &mut MachineBuilder, _args: &RunArgs) -> Result<()> {
-    Ok(())
+fn attach_virtio(builder: &mut MachineBuilder, args: &RunArgs) -> Result<()> {
+    virtio::attach(builder, &args.virtio)
 }
 
 /// Runs a VM; returns the process exit code.
@@ -250,6 +253,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
             }
             ExitReason::Reset if args.no_reboot => break Ok(0),
             ExitReason::Reset => {
+                // Release disks and TAPs before the new machine reopens them.
+                drop(machine);
                 machine = build(files.boot())?;
                 target.set(machine.uart(), machine.control());
             }
