@@ -8,3 +8,52 @@ use common::pass;
 fn rv64i() {
     pass("rv64i", 1);
 }
+
+#[test]
+fn rv64m() {
+    pass("rv64m", 1);
+}
+
+#[test]
+fn rv64a() {
+    pass("rv64a", 1);
+}
+
+#[test]
+fn rvc() {
+    pass("rvc", 1);
+}
+
+#[test]
+fn zicsr_and_counters() {
+    pass("csr", 1);
+}
+
+#[test]
+fn privileged_traps_and_delegation() {
+    pass("priv", 1);
+}
+
+#[test]
+fn sv39_sv48_translation() {
+    pass("vm", 1);
+}
+
+#[test]
+fn timers_wfi_and_ipi() {
+    let o = pass("timer", 1);
+    // WFI sleeps rather than spinning: the two 2 ms waits retire few instructions.
+    assert!(o.instret < 200_000, "WFI spun: {} instructions", o.instret);
+}
+
+/// Four harts on four host threads: AMO and LR/SC increments give the exact
+/// total, then hart 0 wakes the others from WFI with msip IPIs.
+#[test]
+fn multihart_atomics_and_ipi() {
+    let o = pass("multihart", 4);
+    assert!(
+        o.instret > 4 * 2 * 200_000 * 4,
+        "harts retired only {}",
+        o.instret
+    );
+}

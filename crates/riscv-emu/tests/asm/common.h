@@ -23,3 +23,9 @@ unexpected_trap: csrr a0, mcause; bltz a0, 2f; addi a0, a0, 0x400; 3: slli a0, a
 
 /* Harts other than 0 park unless the test defines its own entry. */
 #define PARK_OTHERS other_harts: wfi; j other_harts;
+
+/* Drop to privilege `mode` at `label` (via mret). */
+#define GOTO_MODE(mode, label) li t0, 3 << 11; csrc mstatus, t0; li t0, (mode) << 11; csrs mstatus, t0; la t0, label; csrw mepc, t0; mret
+/* M-mode catcher: s10 = mcause, s11 = mtval, s8 = mepc, continue at s9 in M mode. */
+#define CATCH_TO(label) la t0, m_catch; csrw mtvec, t0; la s9, label; li s10, -1
+#define M_CATCH .align 2; m_catch: csrr s10, mcause; csrr s11, mtval; csrr s8, mepc; jr s9
