@@ -8,6 +8,7 @@
 //! only attached slots) and sets the boot state.
 
 pub mod fdt;
+pub mod fuzzing;
 pub mod layout;
 pub mod loader;
 pub mod plic;
@@ -605,4 +606,159 @@ pub fn dtb_for(
         virtio_slots,
     })
     .map_err(|e| Error::Fdt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(label: &str, data: Vec<u8>) -> Blob {
+        Blob {
+            label: label.into(),
+            data,
+        }
+    }
+
+    fn cfg(ram_size: u64, boot: Boot) -> MachineConfig {
+        MachineConfig {
+            harts: 2,
+            ram_size,
+            boot,
+            cmdline: "console=ttyS0".into(),
+            console_out: Box::new(std::io::sink()),
+            htif_console: None,
+        }
+    }
+
+    fn linux(fw: usize, kernel: Vec<u8>, initrd: usize) -> Boot {
+        Boot::Firmware {
+            firmware: blob("fw", vec![0x13; fw]),
+            kernel: Some(blob("Image", kernel)),
+            initrd: Some(blob("initrd", vec![0xaa; initrd])),
+        }
+    }
+
+    fn read(ram: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        ram.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    #[test]
+    fn errors_before_boot() {
+        let err = |c: MachineConfig| MachineBuilder::new(c).err().expect("must fail").to_string();
+        let k = loader::tests::image(4096, 0x10_0000);
+        let mut c = cfg(64 * MIB, linux(100, k.clone(), 100));
+        c.harts = 9;
+        assert!(err(c).contains("1 to 8"));
+        assert!(err(cfg(63 * MIB, linux(100, k.clone(), 100))).contains("multiple of 2 MiB"));
+        assert!(err(cfg(8 * MIB, linux(100, k.clone(), 100))).contains("between 16 MiB"));
+        let e = err(cfg(64 * MIB, linux(100, vec![0; 4096], 100)));
+        assert!(
+            e.contains("Image: ") && e.contains("not a RISC-V Linux Image"),
+            "{e}"
+        );
+        // image_size (bss included) larger than RAM.
+        let e = err(cfg(
+            64 * MIB,
+            linux(100, loader::tests::image(4096, 200 * MIB), 100),
+        ));
+        assert!(
+            e.contains("too small") && e.contains("the kernel Image"),
+            "{e}"
+        );
+        // Kernel fits, initrd does not.
+        let e = err(cfg(64 * MIB, linux(100, k.clone(), 60 * MIB as usize)));
+        assert!(e.contains("too small") && e.contains("initrd"), "{e}");
+        let e = err(cfg(
+            64 * MIB,
+            Boot::BareElf {
+                elf: blob("p.elf", vec![1, 2, 3]),
+            },
+        ));
+        assert!(e.contains("p.elf") && e.contains("not an ELF"), "{e}");
+        // A segment outside RAM.
+        let elf = loader::tests::elf(0x1000, &[0; 4], 4);
+        let e = err(cfg(
+            64 * MIB,
+            Boot::BareElf {
+                elf: blob("p.elf", elf),
+            },
+        ));
+        assert!(e.contains("outside guest RAM"), "{e}");
+    }
+
+    #[test]
+    fn linux_boot_layout_in_ram() {
+        let k = loader::tests::image(8192, 4 * MIB);
+        let m = MachineBuilder::new(cfg(64 * MIB, linux(300_000, k.clone(), MIB as usize)))
+            .unwrap()
+            .build()
+            .unwrap();
+        let l = m.layout();
+        assert_eq!(l.entry, RAM_BASE);
+        assert!(l.entry_mode_machine);
+        assert_eq!(l.kernel, Some((0x8020_0000, 0x8060_0000)));
+        assert_eq!(l.fdt_addr, 0x83e0_0000);
+        let (is, ie) = l.initrd.unwrap();
+        assert_eq!(ie - is, MIB);
+        assert!(is >= 0x8060_0000 && ie <= l.fdt_addr && is % 4096 == 0);
+        let ram = m.memory();
+        assert_eq!(read(ram, RAM_BASE, 4), [0x13; 4]);
+        assert_eq!(read(ram, 0x8020_0000, 8192), k);
+        assert_eq!(read(ram, is, 16), [0xaa; 16]);
+        assert_eq!(read(ram, l.fdt_addr, 4), [0xd0, 0x0d, 0xfe, 0xed]);
+        assert_eq!(read(ram, l.fdt_addr, m.dtb().len()), m.dtb());
+        let info = read(ram, l.dyn_info_addr.unwrap(), 48);
+        assert_eq!(info, loader::fw_dynamic_info(0x8020_0000, true, 0));
+    }
+
+    #[test]
+    fn virtio_slots_attach_in_order() {
+        struct Dev;
+        impl BusDevice for Dev {
+            fn read(&mut self, _: u64, d: &mut [u8]) {
+                d.fill(0x5a);
+            }
+            fn write(&mut self, _: u64, _: &[u8]) {}
+        }
+        let k = loader::tests::image(4096, 0);
+        let mut b = MachineBuilder::new(cfg(64 * MIB, linux(100, k, 100))).unwrap();
+        let s0 = b.add_virtio().unwrap();
+        let s1 = b.add_virtio().unwrap();
+        assert_eq!(
+            (s0.index, s0.base, s1.index, s1.base),
+            (0, 0x1000_1000, 1, 0x1000_2000)
+        );
+        b.attach_virtio(&s1, Arc::new(Mutex::new(Dev))).unwrap();
+        assert!(matches!(
+            b.attach_virtio(&s1, Arc::new(Mutex::new(Dev))),
+            Err(Error::BadVirtioSlot(1))
+        ));
+        for _ in 2..VIRTIO_SLOTS {
+            b.add_virtio().unwrap();
+        }
+        assert!(matches!(b.add_virtio(), Err(Error::NoVirtioSlot)));
+        let m = b.build().unwrap();
+        // Only the attached slot is on the bus.
+        assert_eq!(m.bus.load(0, 0x1000_2000, 4), Some(0x5a5a_5a5a));
+        assert_eq!(m.bus.load(0, 0x1000_1000, 4), None);
+    }
+
+    #[test]
+    fn bare_elf_gets_htif_and_entry() {
+        let elf = loader::tests::elf(0x8000_0000, &[0x13, 0, 0, 0], 0x2000);
+        let m = MachineBuilder::new(cfg(
+            64 * MIB,
+            Boot::BareElf {
+                elf: blob("p.elf", elf),
+            },
+        ))
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(m.layout().entry, 0x8000_0000);
+        assert_eq!(m.layout().kernel, None);
+        assert_eq!(read(m.memory(), 0x8000_0000, 4), [0x13, 0, 0, 0]);
+    }
 }
