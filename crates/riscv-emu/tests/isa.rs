@@ -57,3 +57,13 @@ fn multihart_atomics_and_ipi() {
         o.instret
     );
 }
+
+#[test]
+fn fd_rounding_flags_nan_boxing() {
+    pass("fpu", 1);
+}
+
+#[test]
+fn zifencei_self_modifying_code() {
+    pass("smc", 1);
+}

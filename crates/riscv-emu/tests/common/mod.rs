@@ -143,6 +143,10 @@ pub struct Outcome {
 /// Runs a program on `harts` harts (all start at 0x8000_0000 with a0 = hartid)
 /// with a watchdog that stops the machine after `limit`.
 pub fn run_program(p: &Program, harts: usize, limit: Duration) -> Outcome {
+    run_in_mode(p, harts, limit, Mode::Machine)
+}
+
+pub fn run_in_mode(p: &Program, harts: usize, limit: Duration, mode: Mode) -> Outcome {
     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), RAM_SIZE)]).unwrap();
     ram.write_slice(&p.image, GuestAddress(RAM_BASE)).unwrap();
     let console = Arc::new(Mutex::new(Vec::new()));
@@ -159,7 +163,7 @@ pub fn run_program(p: &Program, harts: usize, limit: Duration) -> Outcome {
     })
     .unwrap();
     for h in 0..harts {
-        cpus.set_boot_state(h, RAM_BASE, &[(10, h as u64), (11, 0)], Mode::Machine);
+        cpus.set_boot_state(h, RAM_BASE, &[(10, h as u64), (11, 0)], mode);
     }
     let bus = Arc::new(TestBus {
         aclint: cpus.aclint(),
