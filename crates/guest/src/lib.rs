@@ -5,10 +5,12 @@
 //!
 //! Dependencies: `indicatif` (progress display while fetching), `flate2`
 //! (gzip initramfs), `lzma-rs` (pure-Rust xz, for Debian's compressed kernel
-//! modules).
+//! modules), `tempfile` (`mkdisk`'s staging folder, removed on every exit
+//! path).
 
 pub mod apt;
 pub mod cpio;
+pub mod disk;
 pub mod modules;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,19 @@ pub enum GuestCmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
+    /// Build a root disk (ext4 with BusyBox and the modules) for the default
+    /// guest; boot it with `ferro run --disk FILE --append "console=ttyS0 root=/dev/vda"`.
+    Mkdisk {
+        /// Output image (must not exist).
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Virtual size (K/M/G suffixes).
+        #[arg(long, default_value = "256M")]
+        size: String,
+        /// Image format.
+        #[arg(long, short = 'f', default_value = "qcow2", value_parser = ["qcow2", "raw"])]
+        format: String,
+    },
 }
 
 pub fn main(args: GuestArgs) -> Result<i32> {
@@ -61,6 +76,27 @@ pub fn main(args: GuestArgs) -> Result<i32> {
             let img = DefaultGuest::cached()?.initramfs(&script, &[])?;
             std::fs::write(&output, img)
                 .with_context(|| format!("cannot write {}", output.display()))?;
+            Ok(0)
+        }
+        GuestCmd::Mkdisk {
+            output,
+            size,
+            format,
+        } => {
+            let g = ensure()?;
+            let busybox = std::fs::read(&g.busybox)
+                .with_context(|| format!("cannot read {}", g.busybox.display()))?;
+            let opts = disk::MkdiskOptions {
+                output,
+                size: disk::parse_size(&size)?,
+                format: if format == "raw" {
+                    block::Format::Raw
+                } else {
+                    block::Format::Qcow2
+                },
+            };
+            disk::build_disk(&busybox, &g.modules()?, &opts)?;
+            println!("{}", opts.output.display());
             Ok(0)
         }
     }
