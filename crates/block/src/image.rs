@@ -77,9 +77,12 @@ impl Image {
             None => probe(path)?,
         };
         let kind = match format {
-            Format::Raw => Kind::Raw(Raw::open(path, opts.read_only)?),
+            Format::Raw => Kind::Raw(Raw::open(path, opts.read_only, opts.direct)?),
             Format::Qcow2 => {
                 let mut q = Qcow2::open_file(path, opts.read_only, opts.l2_cache_size, opts.check)?;
+                if opts.direct {
+                    q.direct = crate::direct::DirectIo::open(path, !q.read_only);
+                }
                 if let (Some(name), false) = (q.h.backing_file.clone(), opts.no_backing) {
                     let bpath = resolve_backing(path, &name);
                     let bfmt = match q.h.backing_format.as_deref() {
@@ -98,6 +101,7 @@ impl Image {
                         read_only: true,
                         no_backing: false,
                         check: false,
+                        direct: opts.direct,
                         l2_cache_size: opts.l2_cache_size,
                     };
                     let b = Self::open_chain(&bpath, &bopts, seen).map_err(|e| match e {
@@ -439,6 +443,7 @@ pub fn info_chain(path: &Path, opts: &OpenOptions) -> Result<Vec<ImageInfo>> {
             read_only: true,
             no_backing: true,
             check: false,
+            direct: opts.direct,
             l2_cache_size: opts.l2_cache_size,
         };
         let img = Image::open(&cur, &o)?;

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod direct;
 pub mod fuzzing;
 mod image;
 pub mod qcow2;

@@ -15,10 +15,11 @@ pub struct Raw {
     path: PathBuf,
     size: u64,
     read_only: bool,
+    direct: Option<crate::direct::DirectIo>,
 }
 
 impl Raw {
-    pub(crate) fn open(path: &Path, read_only: bool) -> Result<Raw> {
+    pub(crate) fn open(path: &Path, read_only: bool, direct: bool) -> Result<Raw> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -30,6 +31,11 @@ impl Raw {
             path: path.to_path_buf(),
             size,
             read_only,
+            direct: if direct {
+                crate::direct::DirectIo::open(path, !read_only)
+            } else {
+                None
+            },
         })
     }
 
@@ -124,6 +130,9 @@ impl BlockBackend for Raw {
     }
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
         crate::image::check_range(self.size, offset, buf.len() as u64)?;
+        if let Some(r) = self.direct.as_mut().and_then(|d| d.read(buf, offset)) {
+            return r.map_err(|e| io_err(&self.path, e));
+        }
         pread(&self.file, &self.path, buf, offset)
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
@@ -131,6 +140,9 @@ impl BlockBackend for Raw {
             return Err(Error::ReadOnly);
         }
         crate::image::check_range(self.size, offset, buf.len() as u64)?;
+        if let Some(r) = self.direct.as_mut().and_then(|d| d.write(buf, offset)) {
+            return r.map_err(|e| io_err(&self.path, e));
+        }
         pwrite(&self.file, &self.path, buf, offset)
     }
     fn flush(&mut self) -> Result<()> {

@@ -88,6 +88,8 @@ pub struct Qcow2 {
     /// During repair: the computed references, so allocation avoids
     /// clusters in use whose refcount is (wrongly) zero.
     pub(crate) repair_refs: Option<Vec<u32>>,
+    /// O_DIRECT descriptor for aligned data I/O (`OpenOptions::direct`).
+    pub(crate) direct: Option<crate::direct::DirectIo>,
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -226,6 +228,7 @@ impl Qcow2 {
             marked_dirty: false,
             rc_unsynced: false,
             repair_refs: None,
+            direct: None,
             h,
         };
         q.snapshots = snapshot::read_table(&q).map_err(|e| prefix_err(path, e))?;
@@ -493,6 +496,28 @@ impl Qcow2 {
         Ok(i)
     }
 
+    /// Guest data read (O_DIRECT when enabled and aligned).
+    #[inline]
+    fn data_pread(&mut self, buf: &mut [u8], off: u64) -> Result<()> {
+        if let Some(d) = self.direct.as_mut() {
+            if let Some(r) = d.read(buf, off) {
+                return r.map_err(|e| io_err(&self.path, e));
+            }
+        }
+        pread(&self.file, &self.path, buf, off)
+    }
+
+    /// Guest data write (O_DIRECT when enabled and aligned).
+    #[inline]
+    fn data_pwrite(&mut self, buf: &[u8], off: u64) -> Result<()> {
+        if let Some(d) = self.direct.as_mut() {
+            if let Some(r) = d.write(buf, off) {
+                return r.map_err(|e| io_err(&self.path, e));
+            }
+        }
+        pwrite(&self.file, &self.path, buf, off)
+    }
+
     /// Records that `[off, off+len)` now holds written data.
     pub(crate) fn note_written(&mut self, off: u64, len: u64) {
         let end = off + len;
@@ -561,7 +586,7 @@ impl Qcow2 {
                     }
                     _ => {
                         if let Some((rh, rb, rl)) = run.take() {
-                            pread(&self.file, &self.path, &mut buf[rb..rb + rl], rh)?;
+                            self.data_pread(&mut buf[rb..rb + rl], rh)?;
                         }
                         run = Some((host, done, n));
                     }
@@ -570,7 +595,7 @@ impl Qcow2 {
                 continue;
             }
             if let Some((rh, rb, rl)) = run.take() {
-                pread(&self.file, &self.path, &mut buf[rb..rb + rl], rh)?;
+                self.data_pread(&mut buf[rb..rb + rl], rh)?;
             }
             let dst = &mut buf[done..done + n];
             match &mut m {
@@ -584,7 +609,7 @@ impl Qcow2 {
             done += n;
         }
         if let Some((rh, rb, rl)) = run.take() {
-            pread(&self.file, &self.path, &mut buf[rb..rb + rl], rh)?;
+            self.data_pread(&mut buf[rb..rb + rl], rh)?;
         }
         Ok(())
     }
@@ -675,7 +700,7 @@ impl Qcow2 {
                     Some((rh, rb, rl)) if *rh + *rl as u64 == host => *rl += n,
                     _ => {
                         if let Some((rh, rb, rl)) = run.take() {
-                            pwrite(&self.file, &self.path, &buf[rb..rb + rl], rh)?;
+                            self.data_pwrite(&buf[rb..rb + rl], rh)?;
                         }
                         run = Some((host, done, n));
                     }
@@ -684,7 +709,7 @@ impl Qcow2 {
             }
             if all {
                 if let Some((rh, rb, rl)) = run.take() {
-                    pwrite(&self.file, &self.path, &buf[rb..rb + rl], rh)?;
+                    self.data_pwrite(&buf[rb..rb + rl], rh)?;
                 }
                 return Ok(());
             }
@@ -725,7 +750,7 @@ impl Qcow2 {
         let (e, bm) = self.l2_get(slot, idx);
         if self.in_place_ok(e, bm, in_c, data.len() as u64) {
             let host = (e & L2E_OFFSET_MASK) + in_c;
-            return pwrite(&self.file, &self.path, data, host);
+            return self.data_pwrite(data, host);
         }
         self.mark_dirty_if_lazy()?;
         let cs = self.cs;
@@ -753,7 +778,7 @@ impl Qcow2 {
                     _ => false,
                 };
                 if fresh && old_reads_zero {
-                    pwrite(&self.file, &self.path, data, host + in_c)?;
+                    self.data_pwrite(data, host + in_c)?;
                     self.note_written(host + in_c, data.len() as u64);
                 } else {
                     scratch.resize(cs as usize, 0);
