@@ -152,16 +152,28 @@ impl DefaultGuest {
         }
     }
 
-    /// The cached guest, or an error saying how to get it.
+    /// The cached guest, or an error saying how to get it. An initramfs built
+    /// by an older ferro (different init or files) is rebuilt here, from the
+    /// cached BusyBox and modules.
     pub fn cached() -> Result<Self> {
         let dir = cache_dir()?.join(GUEST_DIR);
-        if !dir.join(READY).exists() {
+        let ready = std::fs::read_to_string(dir.join(READY)).unwrap_or_default();
+        if !ready.contains(&fetch_stamp()) {
             bail!(
                 "the default guest is not in the cache ({}): run `ferro guest fetch`",
                 dir.display()
             );
         }
-        Ok(Self::at(dir))
+        let g = Self::at(dir);
+        let stamp = g.dir.join("initramfs.stamp");
+        if std::fs::read_to_string(&stamp).unwrap_or_default() != initramfs_stamp() {
+            let img = g.initramfs(DEFAULT_INIT, &[])?;
+            let tmp = g.dir.join("initramfs.tmp");
+            std::fs::write(&tmp, img)?;
+            std::fs::rename(&tmp, &g.initrd)?;
+            std::fs::write(&stamp, initramfs_stamp())?;
+        }
+        Ok(g)
     }
 
     fn print_paths(&self) {
@@ -254,6 +266,26 @@ const INITTAB: &str = "::respawn:/bin/cttyhack /bin/sh -l\n\
 ::shutdown:/bin/umount -a -r 2>/dev/null\n";
 
 const PROFILE: &str = "export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nexport PS1='ferro:\\w# '\nexport HOME=/root\ncd /\n";
+
+fn fnv(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Identifies what `fetch` collects (the module list): a change refetches.
+fn fetch_stamp() -> String {
+    format!("modules {}", fnv(modules::WANTED))
+}
+
+/// Identifies the default initramfs's contents: a change rebuilds it.
+fn initramfs_stamp() -> String {
+    fnv(&[DEFAULT_INIT, INITTAB, PROFILE])
+}
 
 /// Builds a gzip'd newc initramfs (see [`DefaultGuest::initramfs`]).
 pub fn build_initramfs(
@@ -457,7 +489,11 @@ pub fn fetch() -> Result<DefaultGuest> {
     p.step("building the initramfs".into());
     let initrd = g.initramfs(DEFAULT_INIT, &[])?;
     std::fs::write(&g.initrd, initrd)?;
-    std::fs::write(stage.join(READY), format!("{}\n", pkgs.join("\n")))?;
+    std::fs::write(stage.join("initramfs.stamp"), initramfs_stamp())?;
+    std::fs::write(
+        stage.join(READY),
+        format!("{}\n{}\n", pkgs.join("\n"), fetch_stamp()),
+    )?;
 
     let dir = cache.join(GUEST_DIR);
     let _ = std::fs::remove_dir_all(&dir);
