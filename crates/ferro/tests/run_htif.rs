@@ -45,6 +45,12 @@ fromhost: .dword 0
 
 fn assemble(dir: &tempfile::TempDir, code: u32) -> std::path::PathBuf {
     let src = write(dir, &format!("p{code}.S"), program(code).as_bytes());
+    let ld = write(
+        dir,
+        "link.ld",
+        b"SECTIONS { . = 0x80000000; .text : { *(.text.init) *(.text*) } \
+          .rodata : { *(.rodata*) } .tohost : { *(.tohost) } .data : { *(.data*) } .bss : { *(.bss*) } }",
+    );
     let elf = dir.path().join(format!("p{code}.elf"));
     let out = std::process::Command::new("riscv64-linux-gnu-gcc")
         .args([
@@ -54,7 +60,8 @@ fn assemble(dir: &tempfile::TempDir, code: u32) -> std::path::PathBuf {
             "-march=rv64gc",
             "-mabi=lp64d",
         ])
-        .args(["-Wl,-Ttext=0x80000000", "-Wl,--no-relax", "-o"])
+        .arg(format!("-Wl,-T,{}", ld.display()))
+        .args(["-Wl,--build-id=none", "-o"])
         .arg(&elf)
         .arg(&src)
         .output()
