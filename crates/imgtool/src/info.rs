@@ -495,10 +495,12 @@ pub(crate) fn map(args: &[String], ctx: &mut Ctx) -> CmdResult {
     )?;
     // File names per depth, for the human format's "File" column.
     let mut names = Vec::new();
+    let mut sizes = Vec::new();
     {
         let mut cur = Some(&img);
         while let Some(i) = cur {
             names.push(i.path().to_string_lossy().to_string());
+            sizes.push(i.size());
             cur = i.backing();
         }
     }
@@ -530,10 +532,19 @@ pub(crate) fn map(args: &[String], ctx: &mut Ctx) -> CmdResult {
             )));
         }
         for e in exts {
-            let e = Extent {
+            let mut e = Extent {
                 length: e.length.min(end - e.offset),
                 ..e
             };
+            if !e.present {
+                // Past the end of a backing file the overlay itself reports
+                // zeroes (qemu stops the walk there).
+                let mut d = 0;
+                while d + 1 < sizes.len() && e.offset < sizes[d + 1] {
+                    d += 1;
+                }
+                e.depth = d as u32;
+            }
             if e.length == 0 {
                 continue;
             }
@@ -667,26 +678,29 @@ pub(crate) fn snapshot(args: &[String], ctx: &mut Ctx) -> CmdResult {
             }
             return Ok(0);
         }
-        'c' => img.snapshot_create(&name).map_err(|e| {
-            format!(
-                "Could not create snapshot '{name}': {}",
-                crate::block_text(&e)
-            )
-        }),
-        'a' => img.snapshot_apply(&name).map_err(|e| {
-            format!(
-                "Could not apply snapshot '{name}': {}",
-                crate::block_text(&e)
-            )
-        }),
-        _ => img.snapshot_delete(&name).map_err(|e| {
-            format!(
-                "Could not delete snapshot '{name}': {}",
-                crate::block_text(&e)
-            )
-        }),
+        'c' => img
+            .snapshot_create(&name)
+            .map_err(|e| snap_error("create", &name, &e)),
+        'a' => img
+            .snapshot_apply(&name)
+            .map_err(|e| snap_error("apply", &name, &e)),
+        _ => img
+            .snapshot_delete(&name)
+            .map_err(|e| snap_error("delete", &name, &e)),
     };
     r.map_err(Fail::msg)?;
     img.flush().map_err(|e| Fail::msg(crate::block_text(&e)))?;
     Ok(0)
+}
+
+/// qemu-img's snapshot error lines ("Could not apply snapshot 'x': …").
+fn snap_error(verb: &str, name: &str, e: &block::Error) -> String {
+    let text = crate::block_text(e);
+    let prefix = format!("Could not {verb} snapshot '{name}': ");
+    let why = text.strip_prefix(&prefix).unwrap_or(&text);
+    let why = match (verb, why) {
+        ("apply", "snapshot not found") => "Failed to load snapshot: No such file or directory",
+        _ => why,
+    };
+    format!("{prefix}{why}")
 }

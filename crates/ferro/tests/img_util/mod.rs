@@ -94,16 +94,24 @@ impl Rng {
     }
 }
 
-/// A raw file of `size` bytes: per 64 KiB block, zero, fully random, or a
-/// few random 4 KiB pieces (so converted images have holes, full clusters
+/// A raw file of `size` bytes: per 64 KiB block, zero, fully random,
+/// compressible, or a few random 4 KiB pieces (so converted images have holes, full clusters
 /// and partial ones).
 pub fn make_raw(path: &str, size: u64, seed: u64) -> Vec<u8> {
     let mut r = Rng(seed);
     let mut data = vec![0u8; size as usize];
     for blk in data.chunks_mut(65536) {
-        match r.below(4) {
+        match r.below(5) {
             0 => {}
             1 => r.fill(blk),
+            // Compressible: a few random bytes repeated with variations.
+            2 => {
+                let mut seed = [0u8; 64];
+                r.fill(&mut seed);
+                for (i, b) in blk.iter_mut().enumerate() {
+                    *b = seed[i % 64] ^ ((i / 4096) as u8);
+                }
+            }
             _ => {
                 for _ in 0..1 + r.below(4) {
                     let n = blk.len() / 4096;
