@@ -189,7 +189,11 @@ impl Hart {
                 if self.mode == 0 || (self.mode == 1 && self.mstatus & MSTATUS_TVM != 0) {
                     return Err(Exc::illegal(i.raw));
                 }
-                self.flush_tlb();
+                if rs1 != 0 {
+                    self.tlb.flush_page(a);
+                } else {
+                    self.flush_tlb();
+                }
                 self.pc = next;
             }
             Csr => self.csr_insn(i.raw)?,

@@ -30,8 +30,9 @@ impl SystemBus for NullBus {
 
 pub struct Hart {
     pub id: usize,
-    /// x0..x31, plus x32: the sink that decoded writes to x0 land in.
-    pub x: [u64; 33],
+    /// x0..x31, plus x32: the sink that decoded writes to x0 land in. Sized 256 so
+    /// that u8 register indices need no bounds check.
+    pub x: [u64; 256],
     pub f: [u64; 32],
     pub pc: u64,
     /// 0 = U, 1 = S, 3 = M.
@@ -79,13 +80,15 @@ pub struct Hart {
     pub check: bool,
     pub wfi: bool,
     pub flush_icache: bool,
+    /// Counters for `RISCV_EMU_STATS=1` diagnostics.
+    pub stats: [u64; 8],
 }
 
 impl Hart {
     pub fn new(id: usize, sh: Arc<Shared>) -> Self {
         let mut h = Hart {
             id,
-            x: [0; 33],
+            x: [0; 256],
             f: [0; 32],
             pc: 0,
             mode: 3,
@@ -127,6 +130,7 @@ impl Hart {
             check: true,
             wfi: false,
             flush_icache: true,
+            stats: [0; 8],
         };
         h.update_ctx();
         h
@@ -163,6 +167,7 @@ impl Hart {
                     break;
                 }
                 if self.flush_icache {
+                    self.stats[1] += 1;
                     cache.flush();
                     self.flush_icache = false;
                 }
@@ -179,12 +184,21 @@ impl Hart {
                 }
             };
             match cache.lookup(&sh, pa) {
-                Some(b) => self.exec_block(&b.insns),
-                None => match cache.build(self, pa) {
-                    Some(b) => self.exec_block(&b.insns),
-                    None => self.exec_straddling(pa),
-                },
+                Some(b) => self.exec_block(b),
+                None => {
+                    self.stats[0] += 1;
+                    match cache.build(self, pa) {
+                        Some(b) => self.exec_block(b),
+                        None => self.exec_straddling(pa),
+                    }
+                }
             }
+        }
+        if std::env::var_os("RISCV_EMU_STATS").is_some() {
+            eprintln!(
+                "hart {}: blocks built {}, icache flushes {}, code-page invalidations {}, tlb flushes {}, traps {}",
+                self.id, self.stats[0], self.stats[1], self.stats[2], self.stats[3], self.stats[4]
+            );
         }
     }
 
@@ -273,19 +287,40 @@ impl Hart {
     }
 }
 
-pub struct Block {
+/// Header cell in front of each block's instructions in the arena.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Hdr {
     pa: u64,
-    gen: u32,
     version: u32,
-    insns: Box<[Insn]>,
+    gen: u16,
+    len: u16,
 }
 
-/// Decoded blocks keyed by physical address, direct mapped. Entries are
-/// invalidated by a generation bump (fence.i) or by the page's version
-/// moving (a store hit a page holding decoded code).
+/// One arena cell: a block header or an instruction (both 16 bytes, plain data).
+#[derive(Clone, Copy)]
+#[repr(C)]
+union Cell {
+    hdr: Hdr,
+    insn: Insn,
+}
+
+const _: () = assert!(std::mem::size_of::<Cell>() == std::mem::size_of::<Insn>());
+const _: () = assert!(std::mem::size_of::<Hdr>() == std::mem::size_of::<Insn>());
+
+const EMPTY: u32 = u32::MAX;
+/// Arena capacity in cells (16 MiB); when full, everything is dropped.
+const ARENA_CELLS: usize = 1 << 20;
+
+/// Decoded blocks keyed by physical address. A direct-mapped slot table points
+/// into an arena where each block is a header followed by its instructions, so
+/// a lookup touches one cache line more than the slot. Blocks are invalidated
+/// by the page's version moving (a store hit a page holding decoded code) and
+/// re-validated against memory after fence.i (generation bump).
 pub struct BlockCache {
-    slots: Vec<Option<Box<Block>>>,
-    gen: u32,
+    slots: Vec<u32>,
+    arena: Vec<Cell>,
+    gen: u16,
 }
 
 impl Default for BlockCache {
@@ -297,17 +332,24 @@ impl Default for BlockCache {
 impl BlockCache {
     pub fn new() -> Self {
         BlockCache {
-            slots: (0..1usize << CACHE_BITS).map(|_| None).collect(),
+            slots: vec![EMPTY; 1 << CACHE_BITS],
+            arena: Vec::with_capacity(ARENA_CELLS),
             gen: 1,
         }
     }
 
+    /// fence.i: blocks must be re-checked against memory before reuse.
     pub fn flush(&mut self) {
         self.gen = self.gen.wrapping_add(1);
         if self.gen == 0 {
-            self.slots.iter_mut().for_each(|s| *s = None);
-            self.gen = 1;
+            self.clear();
         }
+    }
+
+    fn clear(&mut self) {
+        self.slots.fill(EMPTY);
+        self.arena.clear();
+        self.gen = 1;
     }
 
     #[inline(always)]
@@ -316,18 +358,43 @@ impl BlockCache {
     }
 
     #[inline(always)]
-    fn lookup(&self, sh: &Shared, pa: u64) -> Option<&Block> {
-        let b = self.slots[Self::slot(pa)].as_deref()?;
-        if b.pa != pa || b.gen != self.gen {
+    fn insns(&self, at: usize, len: usize) -> &[Insn] {
+        let cells = &self.arena[at + 1..at + 1 + len];
+        // SAFETY: cells after a header are written as `insn` by `build`; Cell is
+        // repr(C) with Insn at offset 0 and the same size, so the slice casts.
+        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const Insn, len) }
+    }
+
+    #[inline(always)]
+    fn lookup(&mut self, sh: &Shared, pa: u64) -> Option<&[Insn]> {
+        let at = self.slots[Self::slot(pa)];
+        if at == EMPTY {
+            return None;
+        }
+        let at = at as usize;
+        // SAFETY: slots only ever point at header cells.
+        let h = unsafe { self.arena[at].hdr };
+        if h.pa != pa {
             return None;
         }
         let page = sh.ram_page(pa)?;
-        (sh.page_version[page].load(Ordering::Relaxed) == b.version).then_some(b)
+        if sh.page_version[page].load(Ordering::Relaxed) != h.version {
+            return None;
+        }
+        if h.gen != self.gen {
+            // After fence.i: keep the block if its bytes are unchanged (memory
+            // written behind our back, e.g. by DMA, is caught here).
+            if !matches_memory(sh, pa, self.insns(at, h.len as usize)) {
+                return None;
+            }
+            self.arena[at].hdr.gen = self.gen;
+        }
+        Some(self.insns(at, h.len as usize))
     }
 
     /// Decodes the block at `pa` (in RAM, checked by fetch). None when the first
     /// instruction straddles the page end.
-    fn build(&mut self, hart: &Hart, pa: u64) -> Option<&Block> {
+    fn build(&mut self, hart: &Hart, pa: u64) -> Option<&[Insn]> {
         let sh = &hart.sh;
         let page = sh.ram_page(pa)?;
         // Mark the page as code before reading it, so a racing store bumps the version.
@@ -336,9 +403,21 @@ impl BlockCache {
         let page_end = (pa | 0xfff) + 1;
         let ram_end = sh.ram_base + sh.ram_size;
         let end = page_end.min(ram_end);
-        let mut insns = Vec::with_capacity(16);
+        if self.arena.len() + MAX_BLOCK + 1 > ARENA_CELLS {
+            self.clear();
+        }
+        let at = self.arena.len();
+        self.arena.push(Cell {
+            hdr: Hdr {
+                pa,
+                version,
+                gen: self.gen,
+                len: 0,
+            },
+        });
+        let mut n = 0;
         let mut a = pa;
-        while insns.len() < MAX_BLOCK && a + 2 <= end {
+        while n < MAX_BLOCK && a + 2 <= end {
             let host = sh.ram_host + (a - sh.ram_base);
             // SAFETY: [a, a+2) lies in guest RAM (a + 2 <= end <= RAM end).
             let lo = unsafe { (host as *const u16).read_unaligned() };
@@ -354,22 +433,35 @@ impl BlockCache {
                 }
                 _ => Insn::illegal(lo as u32, 2),
             };
-            insns.push(insn);
+            self.arena.push(Cell { insn });
+            n += 1;
             a += insn.len as u64;
             if insn.ends_block() {
                 break;
             }
         }
-        if insns.is_empty() {
+        if n == 0 {
+            self.arena.truncate(at);
             return None;
         }
-        let slot = Self::slot(pa);
-        self.slots[slot] = Some(Box::new(Block {
-            pa,
-            gen: self.gen,
-            version,
-            insns: insns.into_boxed_slice(),
-        }));
-        self.slots[slot].as_deref()
+        self.arena[at].hdr.len = n as u16;
+        self.slots[Self::slot(pa)] = at as u32;
+        Some(self.insns(at, n))
     }
+}
+
+fn matches_memory(sh: &Shared, pa: u64, insns: &[Insn]) -> bool {
+    let mut host = sh.ram_host + (pa - sh.ram_base);
+    insns.iter().all(|i| {
+        // SAFETY: the block was decoded from these RAM bytes, within one page.
+        let bits = unsafe {
+            if i.len == 4 {
+                (host as *const u32).read_unaligned()
+            } else {
+                (host as *const u16).read_unaligned() as u32
+            }
+        };
+        host += i.len as u64;
+        bits == i.raw
+    })
 }

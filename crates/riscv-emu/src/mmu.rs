@@ -38,7 +38,7 @@ macro_rules! fast_load {
         pub fn $name(&mut self, va: u64) -> Result<u64, Exc> {
             const N: u64 = std::mem::size_of::<$t>() as u64;
             let e = self.tlb.t[self.tl][Tlb::index(va)];
-            if e.tag == va >> 12 && (va & 0xfff) <= 0x1000 - N {
+            if e.tag == (va >> 12) | self.tlb.epoch && (va & 0xfff) <= 0x1000 - N {
                 let host = va.wrapping_add(e.addend);
                 // SAFETY: a RAM TLB entry maps the whole page into the guest RAM
                 // mapping, and the access does not cross the page end.
@@ -56,7 +56,7 @@ macro_rules! fast_store {
         pub fn $name(&mut self, va: u64, v: u64) -> Result<(), Exc> {
             const N: u64 = std::mem::size_of::<$t>() as u64;
             let e = self.tlb.t[self.ts][Tlb::index(va)];
-            if e.tag == va >> 12 && (va & 0xfff) <= 0x1000 - N {
+            if e.tag == (va >> 12) | self.tlb.epoch && (va & 0xfff) <= 0x1000 - N {
                 let host = va.wrapping_add(e.addend);
                 // SAFETY: as for loads; store entries are only filled for
                 // writable, dirty RAM pages.
@@ -110,7 +110,7 @@ impl Hart {
         let table = ctx * 3 + kind;
         let idx = Tlb::index(va);
         let e = self.tlb.t[table][idx];
-        if e.tag == (va >> 12) | MMIO_TAG {
+        if e.tag == (va >> 12) | MMIO_TAG | self.tlb.epoch {
             return Ok(va.wrapping_add(e.addend));
         }
         let pa = if ctx == 0 {
@@ -122,11 +122,11 @@ impl Hart {
         let ppage = pa & !0xfff;
         let entry = match self.sh.ram_host_addr(ppage, 0x1000) {
             Some(host) => TlbEntry {
-                tag: va >> 12,
+                tag: (va >> 12) | self.tlb.epoch,
                 addend: host.wrapping_sub(vpage),
             },
             None => TlbEntry {
-                tag: (va >> 12) | MMIO_TAG,
+                tag: (va >> 12) | MMIO_TAG | self.tlb.epoch,
                 addend: ppage.wrapping_sub(vpage),
             },
         };
@@ -199,6 +199,9 @@ impl Hart {
                 {
                     continue 'retry;
                 }
+                if i > 0 {
+                    self.tlb.has_super = true;
+                }
                 let off_bits = 12 + 9 * i;
                 let pa =
                     ((ppn << 12) & !((1u64 << off_bits) - 1)) | (va & ((1u64 << off_bits) - 1));
@@ -212,7 +215,7 @@ impl Hart {
     #[inline(always)]
     pub fn fetch_pa(&mut self, pc: u64) -> Result<u64, Exc> {
         let e = self.tlb.t[self.tf][Tlb::index(pc)];
-        let host = if e.tag == pc >> 12 {
+        let host = if e.tag == (pc >> 12) | self.tlb.epoch {
             pc.wrapping_add(e.addend)
         } else {
             let pa = self.translate(pc, FETCH)?;
@@ -320,6 +323,7 @@ impl Hart {
         if flags & PAGE_CODE != 0 {
             sh.page_flags[page].fetch_and(!PAGE_CODE, Ordering::SeqCst);
             sh.page_version[page].fetch_add(1, Ordering::SeqCst);
+            self.stats[2] += 1;
         }
         if flags & PAGE_HTIF != 0 {
             let pa = host - sh.ram_host + sh.ram_base;
@@ -342,7 +346,7 @@ impl Hart {
         }
         let table = if kind == LOAD { self.tl } else { self.ts };
         let e = self.tlb.t[table][Tlb::index(va)];
-        if e.tag == va >> 12 {
+        if e.tag == (va >> 12) | self.tlb.epoch {
             return Ok(va.wrapping_add(e.addend));
         }
         let pa = self.translate(va, kind)?;
@@ -350,6 +354,7 @@ impl Hart {
     }
 
     pub fn flush_tlb(&mut self) {
+        self.stats[3] += 1;
         self.tlb.flush();
     }
 

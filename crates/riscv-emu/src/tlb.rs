@@ -24,7 +24,15 @@ pub struct TlbEntry {
 
 pub struct Tlb {
     pub t: [[TlbEntry; TLB_SIZE]; CONTEXTS * 3],
+    /// OR'd into every tag (bits 52..61): a flush is one increment, and the
+    /// tables are only wiped when it wraps.
+    pub epoch: u64,
+    /// Some entry came from a superpage: a per-page flush is then not enough.
+    pub has_super: bool,
 }
+
+const EPOCH_ONE: u64 = 1 << 52;
+const EPOCH_END: u64 = 1 << 62;
 
 impl Tlb {
     pub fn new() -> Box<Self> {
@@ -33,13 +41,30 @@ impl Tlb {
                 tag: INVALID,
                 addend: 0,
             }; TLB_SIZE]; CONTEXTS * 3],
+            epoch: 0,
+            has_super: false,
         })
     }
     pub fn flush(&mut self) {
-        for table in self.t.iter_mut() {
-            for e in table.iter_mut() {
-                e.tag = INVALID;
+        self.has_super = false;
+        self.epoch += EPOCH_ONE;
+        if self.epoch == EPOCH_END {
+            self.epoch = 0;
+            for table in self.t.iter_mut() {
+                for e in table.iter_mut() {
+                    e.tag = INVALID;
+                }
             }
+        }
+    }
+    /// Drops every entry for the page of `va` (sfence.vma with an address).
+    pub fn flush_page(&mut self, va: u64) {
+        if self.has_super {
+            return self.flush();
+        }
+        let i = Self::index(va);
+        for table in self.t.iter_mut() {
+            table[i].tag = INVALID;
         }
     }
     #[inline(always)]

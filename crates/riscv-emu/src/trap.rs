@@ -67,6 +67,7 @@ impl Hart {
     }
 
     fn enter_trap(&mut self, cause: u64, tval: u64) {
+        self.stats[4] += 1;
         let interrupt = cause & INTERRUPT != 0;
         let code = cause & !INTERRUPT;
         let deleg = if interrupt {
