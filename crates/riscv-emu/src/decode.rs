@@ -138,28 +138,13 @@ impl Insn {
             raw,
         }
     }
-    /// Control transfer or system op: ends a decoded block.
+    /// Jump or system op: ends a decoded block. Conditional branches don't:
+    /// a taken branch leaves the block early, a not-taken one falls through.
     pub fn ends_block(&self) -> bool {
         use Op::*;
         matches!(
             self.op,
-            Illegal
-                | Jal
-                | Jalr
-                | Beq
-                | Bne
-                | Blt
-                | Bge
-                | Bltu
-                | Bgeu
-                | FenceI
-                | Ecall
-                | Ebreak
-                | Mret
-                | Sret
-                | Wfi
-                | SfenceVma
-                | Csr
+            Illegal | Jal | Jalr | FenceI | Ecall | Ebreak | Mret | Sret | Wfi | SfenceVma | Csr
         )
     }
 }

@@ -39,7 +39,11 @@ impl Hart {
         }
         macro_rules! br {
             ($c:expr) => {{
-                self.pc = if $c { self.pc.wrapping_add(imm) } else { next };
+                if $c {
+                    self.pc = self.pc.wrapping_add(imm);
+                    return Err(Exc::TAKEN);
+                }
+                self.pc = next;
             }};
         }
         match i.op {

@@ -258,6 +258,10 @@ impl Hart {
         self.budget -= n as i64;
         for (i, insn) in insns.iter().enumerate() {
             if let Err(e) = self.exec(insn) {
+                if e == Exc::TAKEN {
+                    self.instret = self.instret.wrapping_sub((n - i - 1) as u64);
+                    return;
+                }
                 self.instret = self.instret.wrapping_sub((n - i) as u64);
                 self.trap(e);
                 return;

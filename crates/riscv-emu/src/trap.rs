@@ -42,6 +42,11 @@ pub struct Exc {
 }
 
 impl Exc {
+    /// Not an exception: a taken branch leaving its block (after retiring).
+    pub const TAKEN: Exc = Exc {
+        cause: u64::MAX,
+        tval: 0,
+    };
     pub fn illegal(raw: u32) -> Self {
         Exc {
             cause: CAUSE_ILLEGAL,
