@@ -298,6 +298,16 @@ impl Image {
         q.write_compressed(buf, offset)
     }
 
+    /// qemu's `cache=unsafe` (qemu-img convert's default for its target):
+    /// `flush` still writes cached metadata in order but never fsyncs, so
+    /// a crash of the process is safe and a host crash may lose data.
+    pub fn set_unsafe_cache(&mut self, on: bool) {
+        match &mut self.kind {
+            Kind::Raw(r) => r.unsafe_cache = on,
+            Kind::Qcow2(q) => q.unsafe_cache = on,
+        }
+    }
+
     /// This image's own allocation (not its backing's) for a range:
     /// `(offset, length, allocated)` runs.
     pub(crate) fn own_allocation(&mut self, off: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
@@ -644,7 +654,9 @@ fn is_zero(b: &[u8]) -> bool {
 /// Copies `src` (whole chain, guest view) into `dst`, which must be at least
 /// as large: skips ranges `block_status` reports as zero when
 /// `opts.target_is_zero`, writes compressed clusters when `opts.compress`.
-/// Flushes `dst` at the end.
+/// Like qemu-img convert (whose target cache mode defaults to `unsafe`), it
+/// switches `dst` to [`Image::set_unsafe_cache`] and ends with a flush that
+/// writes all metadata but does not fsync.
 pub fn convert(
     src: &mut dyn BlockBackend,
     dst: &mut Image,

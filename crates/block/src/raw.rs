@@ -16,6 +16,7 @@ pub struct Raw {
     size: u64,
     read_only: bool,
     direct: Option<crate::direct::DirectIo>,
+    pub(crate) unsafe_cache: bool,
 }
 
 impl Raw {
@@ -31,6 +32,7 @@ impl Raw {
             path: path.to_path_buf(),
             size,
             read_only,
+            unsafe_cache: false,
             direct: if direct {
                 crate::direct::DirectIo::open(path, !read_only)
             } else {
@@ -146,7 +148,7 @@ impl BlockBackend for Raw {
         pwrite(&self.file, &self.path, buf, offset)
     }
     fn flush(&mut self) -> Result<()> {
-        if self.read_only {
+        if self.read_only || self.unsafe_cache {
             return Ok(());
         }
         self.file.sync_data().map_err(|e| io_err(&self.path, e))

@@ -90,6 +90,8 @@ pub struct Qcow2 {
     pub(crate) repair_refs: Option<Vec<u32>>,
     /// O_DIRECT descriptor for aligned data I/O (`OpenOptions::direct`).
     pub(crate) direct: Option<crate::direct::DirectIo>,
+    /// qemu's cache=unsafe: never fsync (ordering of writes is kept).
+    pub(crate) unsafe_cache: bool,
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -229,6 +231,7 @@ impl Qcow2 {
             rc_unsynced: false,
             repair_refs: None,
             direct: None,
+            unsafe_cache: false,
             h,
         };
         q.snapshots = snapshot::read_table(&q).map_err(|e| prefix_err(path, e))?;
@@ -249,6 +252,9 @@ impl Qcow2 {
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
+        if self.unsafe_cache {
+            return Ok(());
+        }
         self.file.sync_data().map_err(|e| io_err(&self.path, e))
     }
 
@@ -721,11 +727,70 @@ impl Qcow2 {
             let pos = off + done as u64;
             let gc = pos >> self.cluster_bits;
             let in_c = pos & (self.cs - 1);
+            if (self.free_hint << self.cluster_bits) >= self.fresh_from {
+                let n = self.write_fresh_run(gc, in_c, &buf[done..])?;
+                if n > 0 {
+                    done += n;
+                    continue;
+                }
+            }
             let n = ((self.cs - in_c) as usize).min(buf.len() - done);
             self.write_cluster(gc, in_c, &buf[done..done + n])?;
             done += n;
         }
         Ok(())
+    }
+
+    /// Sequential-write fast path: clusters starting at `gc` that read as
+    /// zero and own no host cluster get one contiguous fresh allocation and
+    /// a single data write (nothing to copy: fresh space reads as zero).
+    /// Returns the bytes written (0 when the first cluster does not qualify).
+    fn write_fresh_run(&mut self, gc: u64, in_c: u64, buf: &[u8]) -> Result<usize> {
+        let slot = self.l2_for_write(gc)?;
+        let table_end = (gc / self.l2_entries + 1) * self.l2_entries;
+        let mut k = 0u64;
+        let mut bytes = 0usize;
+        while gc + k < table_end && bytes < buf.len() {
+            let (e, bm) = self.l2_get(slot, self.l2_index(gc + k));
+            let ok = e & (COMPRESSED | L2E_OFFSET_MASK) == 0
+                && if self.extl2 {
+                    bm == ALL_ZERO || (bm == 0 && self.below_is_zero(gc + k))
+                } else {
+                    e & ZERO != 0 && self.h.version >= 3 || self.below_is_zero(gc + k)
+                };
+            if !ok {
+                break;
+            }
+            let start = if k == 0 { in_c } else { 0 };
+            bytes += ((self.cs - start) as usize).min(buf.len() - bytes);
+            k += 1;
+        }
+        if k == 0 {
+            return Ok(0);
+        }
+        self.mark_dirty_if_lazy()?;
+        let host = self.alloc_clusters(k)?;
+        self.data_pwrite(&buf[..bytes], host + in_c)?;
+        self.note_written(host + in_c, bytes as u64);
+        let end = in_c + bytes as u64; // relative to the first cluster
+        for j in 0..k {
+            let idx = self.l2_index(gc + j);
+            let (_, old_bm) = self.l2_get(slot, idx);
+            let bm = if self.extl2 {
+                let cstart = j * self.cs;
+                let s = in_c.max(cstart) - cstart;
+                let e = end.min(cstart + self.cs) - cstart;
+                let s0 = s >> self.sc_bits;
+                let s1 = (e - 1) >> self.sc_bits;
+                let touched = ((1u64 << (s1 - s0 + 1)) - 1) << s0;
+                let zero = (old_bm >> 32) & !touched & 0xffff_ffff;
+                touched | (zero << 32)
+            } else {
+                0
+            };
+            self.l2_set(slot, idx, (host + j * self.cs) | COPIED, bm);
+        }
+        Ok(bytes)
     }
 
     #[inline]
