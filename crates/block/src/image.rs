@@ -250,6 +250,11 @@ impl Image {
                 if q.read_only {
                     return Err(Error::ReadOnly);
                 }
+                if !new_size.is_multiple_of(512) {
+                    return Err(Error::InvalidArgument(
+                        "The new size must be a multiple of 512".into(),
+                    ));
+                }
                 if new_size < old {
                     if !q.snapshots.is_empty() {
                         return Err(Error::Unsupported(
@@ -400,7 +405,10 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
             backing_format = Some(img.format());
         }
     }
-    let size = size.ok_or_else(|| Error::InvalidArgument("Image size must be specified".into()))?;
+    // qemu-img rounds sizes up to whole 512-byte sectors.
+    let size = size
+        .ok_or_else(|| Error::InvalidArgument("Image size must be specified".into()))?
+        .next_multiple_of(512);
     match format {
         Format::Raw => crate::raw::create(path, size, opts.preallocation),
         Format::Qcow2 => {
@@ -537,7 +545,7 @@ pub fn commit(path: &Path, opts: &CommitOptions, mut progress: Progress) -> Resu
             if x.depth >= depth || !x.present {
                 continue;
             }
-            if x.zero && !x.data {
+            if x.zero {
                 base.write_zeroes(x.offset, x.length)?;
             } else {
                 let b = &mut buf[..x.length as usize];
@@ -688,7 +696,7 @@ pub fn convert(
     while pos < size {
         let span = SPAN.min(size - pos);
         for x in src.block_status(pos, span)? {
-            if x.zero && !x.data {
+            if x.zero {
                 if !opts.target_is_zero {
                     dst.write_zeroes(x.offset, x.length)?;
                 }

@@ -81,12 +81,6 @@ impl Raw {
         }
         Ok(())
     }
-
-    fn seek(&self, off: u64, whence: libc::c_int) -> Option<u64> {
-        // SAFETY: lseek on our own fd; the result is checked.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off as libc::off_t, whence) };
-        (r >= 0).then_some(r as u64)
-    }
 }
 
 /// Allocates (falloc) or writes zeroes to (full) `[off, off+len)`.
@@ -165,45 +159,62 @@ impl BlockBackend for Raw {
     }
     fn block_status(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         crate::image::check_range(self.size, offset, len)?;
-        let end = offset + len;
         let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let ext = |o: u64, l: u64, data: bool| Extent {
-                offset: o,
-                length: l,
-                data,
-                zero: !data,
-                present: true,
-                depth: 0,
-                host_offset: Some(o),
-            };
-            let data_at = match self.seek(pos, libc::SEEK_DATA) {
-                Some(d) => d,
-                None => {
-                    // ENXIO: no data past pos (or no SEEK_DATA support: all data).
-                    let errno = std::io::Error::last_os_error().raw_os_error();
-                    if errno == Some(libc::ENXIO) {
-                        push_extent(&mut out, ext(pos, end - pos, false));
-                    } else {
-                        push_extent(&mut out, ext(pos, end - pos, true));
-                    }
-                    break;
-                }
-            };
-            if data_at > pos {
-                let h = data_at.min(end);
-                push_extent(&mut out, ext(pos, h - pos, false));
-                pos = h;
-                continue;
-            }
-            let hole = self.seek(pos, libc::SEEK_HOLE).unwrap_or(end).min(end);
-            let hole = hole.max(pos + 1).min(end);
-            push_extent(&mut out, ext(pos, hole - pos, true));
-            pos = hole;
+        for (o, l, data) in host_runs(&self.file, offset, len) {
+            push_extent(
+                &mut out,
+                Extent {
+                    offset: o,
+                    length: l,
+                    data,
+                    zero: !data,
+                    present: true,
+                    depth: 0,
+                    host_offset: Some(o),
+                },
+            );
         }
         Ok(out)
     }
+}
+
+/// Splits `[offset, offset+len)` of a host file into data and hole runs
+/// (SEEK_DATA/SEEK_HOLE; everything is data where unsupported).
+pub(crate) fn host_runs(file: &File, offset: u64, len: u64) -> Vec<(u64, u64, bool)> {
+    let seek = |off: u64, whence: libc::c_int| -> std::result::Result<u64, i32> {
+        // SAFETY: lseek on a descriptor we own; the result is checked.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, whence) };
+        if r >= 0 {
+            Ok(r as u64)
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
+    };
+    let end = offset + len;
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let data_at = match seek(pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) => {
+                // ENXIO: only a hole (or EOF) from here on.
+                out.push((pos, end - pos, e != libc::ENXIO));
+                break;
+            }
+        };
+        if data_at > pos {
+            let h = data_at.min(end);
+            out.push((pos, h - pos, false));
+            pos = h;
+            continue;
+        }
+        let hole = seek(pos, libc::SEEK_HOLE)
+            .unwrap_or(end)
+            .clamp(pos + 1, end);
+        out.push((pos, hole - pos, true));
+        pos = hole;
+    }
+    out
 }
 
 /// Creates a raw image of `size` bytes.

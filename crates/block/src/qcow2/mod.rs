@@ -1215,18 +1215,23 @@ impl Qcow2 {
         let mut out: Vec<Extent> = Vec::new();
         for (o, l, m) in own {
             match m {
-                Map::Data(h) => push_extent(
-                    &mut out,
-                    Extent {
-                        offset: o,
-                        length: l,
-                        data: true,
-                        zero: false,
-                        present: true,
-                        depth: 0,
-                        host_offset: Some(h),
-                    },
-                ),
+                Map::Data(h) => {
+                    // Like qemu, report host-file holes inside data as zero.
+                    for (ho, hl, is_data) in crate::raw::host_runs(&self.file, h, l) {
+                        push_extent(
+                            &mut out,
+                            Extent {
+                                offset: o + (ho - h),
+                                length: hl,
+                                data: true,
+                                zero: !is_data,
+                                present: true,
+                                depth: 0,
+                                host_offset: Some(ho),
+                            },
+                        );
+                    }
+                }
                 Map::Compressed(..) => push_extent(
                     &mut out,
                     Extent {
