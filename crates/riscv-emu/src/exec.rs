@@ -194,6 +194,7 @@ impl Hart {
                     return Err(Exc::illegal(i.raw));
                 }
                 if rs1 != 0 {
+                    self.chain = self.chain.wrapping_add(1);
                     self.tlb.flush_page(a);
                 } else {
                     self.flush_tlb();

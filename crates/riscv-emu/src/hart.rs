@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cpus::{Shared, PAGE_CODE};
-use crate::decode::{decode16, decode32, insn_len, Insn};
+use crate::decode::{decode16, decode32, insn_len, Insn, Op};
 use crate::tlb::Tlb;
 use crate::trap::Exc;
 use crate::{Mode, SystemBus};
@@ -80,6 +80,9 @@ pub struct Hart {
     pub check: bool,
     pub wfi: bool,
     pub flush_icache: bool,
+    /// Block-chaining tag: bumped whenever instruction translation may change
+    /// (TLB flush, mode or context switch); links made under another tag are dead.
+    pub chain: u32,
     /// Counters for `RISCV_EMU_STATS=1` diagnostics.
     pub stats: [u64; 8],
 }
@@ -131,6 +134,7 @@ impl Hart {
             wfi: false,
             flush_icache: true,
             stats: [0; 8],
+            chain: 0,
         };
         h.update_ctx();
         h
@@ -161,6 +165,8 @@ impl Hart {
         self.check = true;
         let sh = self.sh.clone();
         let hs = &sh.harts[self.id];
+        let mut prev = EMPTY;
+        let mut prev_clears = cache.clears;
         loop {
             if self.budget <= 0 || self.check || hs.attention.load(Ordering::Relaxed) {
                 if sh.exit_flag.load(Ordering::Relaxed) {
@@ -176,23 +182,35 @@ impl Hart {
                 }
             }
             let pc = self.pc;
-            let pa = match self.fetch_pa(pc) {
-                Ok(pa) => pa,
-                Err(e) => {
-                    self.trap(e);
-                    continue;
-                }
-            };
-            match cache.lookup(&sh, pa) {
-                Some(b) => self.exec_block(b),
-                None => {
-                    self.stats[0] += 1;
-                    match cache.build(self, pa) {
-                        Some(b) => self.exec_block(b),
-                        None => self.exec_straddling(pa),
+            let mut at = EMPTY;
+            if prev != EMPTY && prev_clears == cache.clears {
+                at = cache.follow(&sh, prev, pc, self.chain);
+            }
+            if at == EMPTY {
+                let pa = match self.fetch_pa(pc) {
+                    Ok(pa) => pa,
+                    Err(e) => {
+                        self.trap(e);
+                        prev = EMPTY;
+                        continue;
                     }
+                };
+                at = cache.lookup(&sh, pa);
+                if at == EMPTY {
+                    self.stats[0] += 1;
+                    at = cache.build(self, pa);
+                    if at == EMPTY {
+                        self.exec_straddling(pa);
+                        prev = EMPTY;
+                        continue;
+                    }
+                } else if prev != EMPTY && prev_clears == cache.clears {
+                    cache.link(prev, pc, at, self.chain);
                 }
             }
+            self.exec_block(cache.insns(at));
+            prev = at;
+            prev_clears = cache.clears;
         }
         if std::env::var_os("RISCV_EMU_STATS").is_some() {
             eprintln!(
@@ -291,40 +309,48 @@ impl Hart {
     }
 }
 
-/// Header cell in front of each block's instructions in the arena.
+/// Block header in front of its instructions in the arena (3 cells).
 #[derive(Clone, Copy)]
-#[repr(C)]
+#[repr(C, align(16))]
 struct Hdr {
     pa: u64,
     version: u32,
     gen: u16,
     len: u16,
+    /// Two most recent successors: guest pc, arena index, chain tag.
+    link_pc: [u64; 2],
+    link_at: [u32; 2],
+    link_tag: [u32; 2],
 }
 
-/// One arena cell: a block header or an instruction (both 16 bytes, plain data).
+/// One arena cell: an instruction, or a third of a header (plain data).
 #[derive(Clone, Copy)]
-#[repr(C)]
+#[repr(C, align(16))]
 union Cell {
-    hdr: Hdr,
     insn: Insn,
+    words: [u64; 2],
 }
 
+const HDR_CELLS: usize = std::mem::size_of::<Hdr>() / std::mem::size_of::<Cell>();
 const _: () = assert!(std::mem::size_of::<Cell>() == std::mem::size_of::<Insn>());
-const _: () = assert!(std::mem::size_of::<Hdr>() == std::mem::size_of::<Insn>());
+const _: () = assert!(std::mem::size_of::<Hdr>() == HDR_CELLS * std::mem::size_of::<Cell>());
 
-const EMPTY: u32 = u32::MAX;
+pub const EMPTY: u32 = u32::MAX;
 /// Arena capacity in cells (16 MiB); when full, everything is dropped.
 const ARENA_CELLS: usize = 1 << 20;
 
 /// Decoded blocks keyed by physical address. A direct-mapped slot table points
 /// into an arena where each block is a header followed by its instructions, so
-/// a lookup touches one cache line more than the slot. Blocks are invalidated
-/// by the page's version moving (a store hit a page holding decoded code) and
-/// re-validated against memory after fence.i (generation bump).
+/// a lookup touches one cache line more than the slot, and a chained successor
+/// (the header's links) none. Blocks are invalidated by the page's version
+/// moving (a store hit a page holding decoded code) and re-validated against
+/// memory after fence.i (generation bump).
 pub struct BlockCache {
     slots: Vec<u32>,
     arena: Vec<Cell>,
     gen: u16,
+    /// Times the arena was emptied (arena indices from before are dead).
+    pub clears: u32,
 }
 
 impl Default for BlockCache {
@@ -339,6 +365,7 @@ impl BlockCache {
             slots: vec![EMPTY; 1 << CACHE_BITS],
             arena: Vec::with_capacity(ARENA_CELLS),
             gen: 1,
+            clears: 0,
         }
     }
 
@@ -354,6 +381,7 @@ impl BlockCache {
         self.slots.fill(EMPTY);
         self.arena.clear();
         self.gen = 1;
+        self.clears = self.clears.wrapping_add(1);
     }
 
     #[inline(always)]
@@ -362,63 +390,115 @@ impl BlockCache {
     }
 
     #[inline(always)]
-    fn insns(&self, at: usize, len: usize) -> &[Insn] {
-        let cells = &self.arena[at + 1..at + 1 + len];
+    fn hdr(&self, at: usize) -> &Hdr {
+        let cells = &self.arena[at..at + HDR_CELLS];
+        // SAFETY: `at` indexes a header written by `build` over HDR_CELLS cells
+        // (bounds checked just above); Hdr and Cell share the 16-byte alignment.
+        unsafe { &*(cells.as_ptr() as *const Hdr) }
+    }
+
+    #[inline(always)]
+    fn hdr_mut(&mut self, at: usize) -> &mut Hdr {
+        let cells = &mut self.arena[at..at + HDR_CELLS];
+        // SAFETY: as for `hdr`.
+        unsafe { &mut *(cells.as_mut_ptr() as *mut Hdr) }
+    }
+
+    #[inline(always)]
+    pub fn insns(&self, at: u32) -> &[Insn] {
+        let at = at as usize;
+        let len = self.hdr(at).len as usize;
+        let cells = &self.arena[at + HDR_CELLS..at + HDR_CELLS + len];
         // SAFETY: cells after a header are written as `insn` by `build`; Cell is
         // repr(C) with Insn at offset 0 and the same size, so the slice casts.
         unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const Insn, len) }
     }
 
+    /// Still valid: page not written since decoding, and (after fence.i)
+    /// bytes unchanged.
     #[inline(always)]
-    fn lookup(&mut self, sh: &Shared, pa: u64) -> Option<&[Insn]> {
-        let at = self.slots[Self::slot(pa)];
-        if at == EMPTY {
-            return None;
-        }
-        let at = at as usize;
-        // SAFETY: slots only ever point at header cells.
-        let h = unsafe { self.arena[at].hdr };
-        if h.pa != pa {
-            return None;
-        }
-        let page = sh.ram_page(pa)?;
+    fn valid(&mut self, sh: &Shared, at: usize) -> bool {
+        let h = *self.hdr(at);
+        let Some(page) = sh.ram_page(h.pa) else {
+            return false;
+        };
         if sh.page_version[page].load(Ordering::Relaxed) != h.version {
-            return None;
+            return false;
         }
         if h.gen != self.gen {
             // After fence.i: keep the block if its bytes are unchanged (memory
             // written behind our back, e.g. by DMA, is caught here).
-            if !matches_memory(sh, pa, self.insns(at, h.len as usize)) {
-                return None;
+            if !matches_memory(sh, h.pa, self.insns(at as u32)) {
+                return false;
             }
-            self.arena[at].hdr.gen = self.gen;
+            self.hdr_mut(at).gen = self.gen;
         }
-        Some(self.insns(at, h.len as usize))
+        true
     }
 
-    /// Decodes the block at `pa` (in RAM, checked by fetch). None when the first
+    #[inline(always)]
+    fn lookup(&mut self, sh: &Shared, pa: u64) -> u32 {
+        let at = self.slots[Self::slot(pa)];
+        if at == EMPTY || self.hdr(at as usize).pa != pa || !self.valid(sh, at as usize) {
+            return EMPTY;
+        }
+        at
+    }
+
+    /// The block `prev` linked to for `pc` under chain tag `tag`, if still valid.
+    #[inline(always)]
+    fn follow(&mut self, sh: &Shared, prev: u32, pc: u64, tag: u32) -> u32 {
+        let h = self.hdr(prev as usize);
+        for k in 0..2 {
+            if h.link_pc[k] == pc && h.link_tag[k] == tag {
+                let t = h.link_at[k];
+                return if self.valid(sh, t as usize) { t } else { EMPTY };
+            }
+        }
+        EMPTY
+    }
+
+    fn link(&mut self, prev: u32, pc: u64, at: u32, tag: u32) {
+        let h = self.hdr_mut(prev as usize);
+        if h.link_pc[0] != pc {
+            h.link_pc[1] = h.link_pc[0];
+            h.link_at[1] = h.link_at[0];
+            h.link_tag[1] = h.link_tag[0];
+        }
+        h.link_pc[0] = pc;
+        h.link_at[0] = at;
+        h.link_tag[0] = tag;
+    }
+
+    /// Decodes the block at `pa` (in RAM, checked by fetch). EMPTY when the first
     /// instruction straddles the page end.
-    fn build(&mut self, hart: &Hart, pa: u64) -> Option<&[Insn]> {
+    fn build(&mut self, hart: &Hart, pa: u64) -> u32 {
         let sh = &hart.sh;
-        let page = sh.ram_page(pa)?;
+        let Some(page) = sh.ram_page(pa) else {
+            return EMPTY;
+        };
         // Mark the page as code before reading it, so a racing store bumps the version.
         sh.page_flags[page].fetch_or(PAGE_CODE, Ordering::SeqCst);
         let version = sh.page_version[page].load(Ordering::SeqCst);
         let page_end = (pa | 0xfff) + 1;
         let ram_end = sh.ram_base + sh.ram_size;
         let end = page_end.min(ram_end);
-        if self.arena.len() + MAX_BLOCK + 1 > ARENA_CELLS {
+        if self.arena.len() + MAX_BLOCK + HDR_CELLS > ARENA_CELLS {
             self.clear();
         }
         let at = self.arena.len();
-        self.arena.push(Cell {
-            hdr: Hdr {
-                pa,
-                version,
-                gen: self.gen,
-                len: 0,
-            },
-        });
+        for _ in 0..HDR_CELLS {
+            self.arena.push(Cell { words: [0; 2] });
+        }
+        *self.hdr_mut(at) = Hdr {
+            pa,
+            version,
+            gen: self.gen,
+            len: 0,
+            link_pc: [u64::MAX; 2],
+            link_at: [EMPTY; 2],
+            link_tag: [0; 2],
+        };
         let mut n = 0;
         let mut a = pa;
         while n < MAX_BLOCK && a + 2 <= end {
@@ -439,6 +519,16 @@ impl BlockCache {
             };
             self.arena.push(Cell { insn });
             n += 1;
+            // A direct jump within the page continues the block at its target
+            // (the Jal op itself sets pc and the link register).
+            if insn.op == Op::Jal {
+                let t = a.wrapping_add(insn.imm as i64 as u64);
+                if t >> 12 == pa >> 12 && t < end {
+                    a = t;
+                    continue;
+                }
+                break;
+            }
             a += insn.len as u64;
             if insn.ends_block() {
                 break;
@@ -446,18 +536,20 @@ impl BlockCache {
         }
         if n == 0 {
             self.arena.truncate(at);
-            return None;
+            return EMPTY;
         }
-        self.arena[at].hdr.len = n as u16;
+        self.hdr_mut(at).len = n as u16;
         self.slots[Self::slot(pa)] = at as u32;
-        Some(self.insns(at, n))
+        at as u32
     }
 }
 
 fn matches_memory(sh: &Shared, pa: u64, insns: &[Insn]) -> bool {
-    let mut host = sh.ram_host + (pa - sh.ram_base);
+    let mut a = pa;
     insns.iter().all(|i| {
-        // SAFETY: the block was decoded from these RAM bytes, within one page.
+        let host = sh.ram_host + (a - sh.ram_base);
+        // SAFETY: the block was decoded from these RAM bytes, all in one page
+        // (jumps followed by `build` stay inside it).
         let bits = unsafe {
             if i.len == 4 {
                 (host as *const u32).read_unaligned()
@@ -465,7 +557,11 @@ fn matches_memory(sh: &Shared, pa: u64, insns: &[Insn]) -> bool {
                 (host as *const u16).read_unaligned() as u32
             }
         };
-        host += i.len as u64;
+        a = if i.op == Op::Jal {
+            a.wrapping_add(i.imm as i64 as u64)
+        } else {
+            a + i.len as u64
+        };
         bits == i.raw
     })
 }

@@ -73,6 +73,7 @@ macro_rules! fast_store {
 impl Hart {
     /// Recomputes the TLB contexts after a change of mode, mstatus or satp.
     pub fn update_ctx(&mut self) {
+        self.chain = self.chain.wrapping_add(1);
         let translate = self.satp >> 60 != 0;
         let ctx = |p: u8, sum: bool| -> usize {
             if p == 3 || !translate {
@@ -355,6 +356,7 @@ impl Hart {
 
     pub fn flush_tlb(&mut self) {
         self.stats[3] += 1;
+        self.chain = self.chain.wrapping_add(1);
         self.tlb.flush();
     }
 
