@@ -57,3 +57,29 @@ fn tempfile_in_tmp() -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     let f = std::fs::File::create(&path)?;
     Ok((path, f))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The fuzz body over a tiny hand-made corpus (the bigger hostile corpus
+    /// lives in tests/hostile.rs).
+    #[test]
+    fn small_corpus() {
+        let mut hdr = vec![0u8; 4096];
+        hdr[..4].copy_from_slice(b"QFI\xfb");
+        hdr[4..8].copy_from_slice(&3u32.to_be_bytes());
+        hdr[20..24].copy_from_slice(&16u32.to_be_bytes());
+        hdr[24..32].copy_from_slice(&u64::MAX.to_be_bytes());
+        let mut v2 = hdr.clone();
+        v2[4..8].copy_from_slice(&2u32.to_be_bytes());
+        for case in [
+            &b""[..],
+            b"QFI\xfb",
+            b"QFI\xfb\0\0\0\x03",
+            &hdr,
+            &v2,
+            &[0xffu8; 512],
+        ] {
+            super::open_and_read(case);
+        }
+    }
+}

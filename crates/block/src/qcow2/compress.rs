@@ -87,3 +87,53 @@ pub fn compress(ty: CompressionType, src: &[u8], max_len: usize) -> Result<Optio
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_both_types() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i / 100) as u8).collect();
+        for ty in [CompressionType::Zlib, CompressionType::Zstd] {
+            let c = compress(ty, &data, data.len())
+                .unwrap()
+                .expect("compressible");
+            assert!(c.len() < data.len() / 4);
+            let mut out = vec![0u8; data.len()];
+            // Trailing sector padding must be ignored.
+            let mut padded = c.clone();
+            padded.resize(c.len().next_multiple_of(512), 0xee);
+            decompress(ty, &padded, &mut out).unwrap();
+            assert_eq!(out, data);
+        }
+    }
+
+    #[test]
+    fn incompressible_data_is_refused() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        assert!(compress(CompressionType::Zlib, &data, 4096)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn garbage_and_short_streams_are_errors() {
+        let mut out = vec![0u8; 4096];
+        for ty in [CompressionType::Zlib, CompressionType::Zstd] {
+            assert!(decompress(ty, &[0xff; 64], &mut out).is_err());
+            assert!(decompress(ty, &[], &mut out).is_err());
+            let c = compress(ty, &[1u8; 1024], 1024).unwrap().unwrap();
+            // Inflates to 1 KiB only: the 4 KiB cluster is not filled.
+            assert!(decompress(ty, &c, &mut out).is_err());
+        }
+    }
+}

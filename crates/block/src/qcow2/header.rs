@@ -396,3 +396,71 @@ impl Header {
         self.serialize(true).or_else(|_| self.serialize(false))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Header {
+        Header {
+            version: 3,
+            backing_file: Some("base.qcow2".into()),
+            cluster_bits: 16,
+            size: 1 << 30,
+            l1_size: 4,
+            l1_table_offset: 3 << 16,
+            refcount_table_offset: 1 << 16,
+            refcount_table_clusters: 1,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompatible: INCOMPAT_EXTL2,
+            compatible: COMPAT_LAZY_REFCOUNTS,
+            autoclear: 0,
+            refcount_order: 4,
+            header_length: 112,
+            compression_type: 0,
+            backing_format: Some("qcow2".into()),
+            unknown_ext: vec![(0xdead_beef, b"keep me".to_vec())],
+            feature_names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn serialize_parse_round_trip() {
+        let h = sample();
+        let mut b = h.serialize(true).unwrap();
+        b.resize(1 << 16, 0);
+        let p = Header::parse(&b, 4 << 16).unwrap();
+        assert_eq!(p.backing_file, h.backing_file);
+        assert_eq!(p.backing_format, h.backing_format);
+        assert_eq!(p.size, h.size);
+        assert_eq!(p.incompatible, h.incompatible);
+        assert_eq!(p.compatible, h.compatible);
+        assert_eq!(p.unknown_ext, h.unknown_ext);
+        assert!(p
+            .feature_names
+            .iter()
+            .any(|(t, b, n)| *t == 0 && *b == 4 && n == "extended L2 entries"));
+    }
+
+    #[test]
+    fn too_big_for_small_clusters_drops_feature_table() {
+        let mut h = sample();
+        h.cluster_bits = 9;
+        h.incompatible = 0;
+        h.l1_size = 1 << 15;
+        assert!(h.serialize(true).is_err());
+        assert!(h.serialize_best().unwrap().len() <= 512);
+    }
+
+    #[test]
+    fn extension_running_past_cluster_zero_is_refused() {
+        let h = sample();
+        let mut b = h.serialize(true).unwrap();
+        b.resize(1 << 16, 0);
+        // First extension's length field.
+        b[116..120].copy_from_slice(&u32::MAX.to_be_bytes());
+        let e = Header::parse(&b, 4 << 16).unwrap_err();
+        assert!(e.to_string().contains("extension"), "{e}");
+    }
+}

@@ -463,3 +463,45 @@ impl Qcow2 {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{rc_get, rc_set};
+
+    #[test]
+    fn every_width_round_trips_without_touching_neighbours() {
+        for bits in [1u32, 2, 4, 8, 16, 32, 64] {
+            let entries = 512 * 8 / bits as usize;
+            let mut block = vec![0u8; 512];
+            let max = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            for i in 0..entries {
+                rc_set(&mut block, i, bits, (i as u64 * 7919) & max);
+            }
+            for i in 0..entries {
+                assert_eq!(
+                    rc_get(&block, i, bits),
+                    (i as u64 * 7919) & max,
+                    "{bits}-bit entry {i}"
+                );
+            }
+            rc_set(&mut block, 3, bits, max);
+            assert_eq!(rc_get(&block, 3, bits), max);
+            assert_eq!(rc_get(&block, 2, bits), (2 * 7919) & max);
+            assert_eq!(rc_get(&block, 4, bits), (4 * 7919) & max);
+        }
+    }
+
+    #[test]
+    fn sub_byte_entries_start_at_the_least_significant_bit() {
+        // qcow2: "bit 0 means the least significant bit".
+        let mut b = vec![0u8; 1];
+        rc_set(&mut b, 0, 1, 1);
+        assert_eq!(b[0], 0b0000_0001);
+        rc_set(&mut b, 1, 2, 3);
+        assert_eq!(b[0], 0b0000_1101);
+    }
+}
