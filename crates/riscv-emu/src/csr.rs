@@ -3,8 +3,6 @@
 //! stores but does not enforce, and an illegal-instruction trap for every CSR
 //! not listed here (OpenSBI probes by trapping).
 
-use std::sync::atomic::Ordering;
-
 use crate::cpus::*;
 use crate::hart::Hart;
 use crate::trap::*;
@@ -278,9 +276,7 @@ impl Hart {
         if rd != 0 {
             self.x[rd] = old;
         }
-        self.pc = self.pc.wrapping_add(4);
         self.check = true;
-        let _ = Ordering::Relaxed;
         Ok(())
     }
 }

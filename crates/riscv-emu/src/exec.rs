@@ -14,7 +14,10 @@ const BOX32: u64 = 0xffff_ffff_0000_0000;
 
 impl Hart {
     #[inline(always)]
-    pub fn exec(&mut self, i: &Insn) -> Result<(), Exc> {
+    /// Executes `i` at `pc`; returns the next pc. Ops that leave the block
+    /// early (taken branches) set `self.pc` and return `Exc::TAKEN`; on a real
+    /// exception the caller sets `self.pc = pc` before trapping.
+    pub fn exec(&mut self, i: &Insn, pc: u64) -> Result<u64, Exc> {
         use Op::*;
         let rd = i.rd as usize;
         let rs1 = i.rs1 as usize;
@@ -22,43 +25,43 @@ impl Hart {
         let imm = i.imm as i64 as u64;
         let a = self.x[rs1];
         let b = self.x[rs2];
-        let next = self.pc.wrapping_add(i.len as u64);
+        let next = pc.wrapping_add(i.len as u64);
         macro_rules! w {
             ($v:expr) => {{
                 let v = $v;
                 self.x[rd] = v;
-                self.pc = next;
+                next
             }};
         }
         macro_rules! ww {
             ($v:expr) => {{
                 let v = $v;
                 self.x[rd] = v as i32 as i64 as u64;
-                self.pc = next;
+                next
             }};
         }
         macro_rules! br {
             ($c:expr) => {{
                 if $c {
-                    self.pc = self.pc.wrapping_add(imm);
+                    self.pc = pc.wrapping_add(imm);
                     return Err(Exc::TAKEN);
                 }
-                self.pc = next;
+                next
             }};
         }
-        match i.op {
+        let npc = match i.op {
             Addi => w!(a.wrapping_add(imm)),
             Add => w!(a.wrapping_add(b)),
             Lui => w!(imm),
-            Auipc => w!(self.pc.wrapping_add(imm)),
+            Auipc => w!(pc.wrapping_add(imm)),
             Jal => {
                 self.x[rd] = next;
-                self.pc = self.pc.wrapping_add(imm);
+                pc.wrapping_add(imm)
             }
             Jalr => {
                 let t = a.wrapping_add(imm) & !1;
                 self.x[rd] = next;
-                self.pc = t;
+                t
             }
             Beq => br!(a == b),
             Bne => br!(a != b),
@@ -75,19 +78,19 @@ impl Hart {
             Lwu => w!(self.ld32(a.wrapping_add(imm))?),
             Sb => {
                 self.st8(a.wrapping_add(imm), b)?;
-                self.pc = next;
+                next
             }
             Sh => {
                 self.st16(a.wrapping_add(imm), b)?;
-                self.pc = next;
+                next
             }
             Sw => {
                 self.st32(a.wrapping_add(imm), b)?;
-                self.pc = next;
+                next
             }
             Sd => {
                 self.st64(a.wrapping_add(imm), b)?;
-                self.pc = next;
+                next
             }
             Slti => w!(((a as i64) < (imm as i64)) as u64),
             Sltiu => w!((a < imm) as u64),
@@ -150,12 +153,12 @@ impl Hart {
             }),
             Fence => {
                 std::sync::atomic::fence(Ordering::SeqCst);
-                self.pc = next;
+                next
             }
             FenceI => {
                 self.flush_icache = true;
                 self.check = true;
-                self.pc = next;
+                next
             }
             Ecall => {
                 return Err(Exc {
@@ -166,7 +169,7 @@ impl Hart {
             Ebreak => {
                 return Err(Exc {
                     cause: CAUSE_BREAKPOINT,
-                    tval: self.pc,
+                    tval: pc,
                 })
             }
             Mret => {
@@ -174,20 +177,22 @@ impl Hart {
                     return Err(Exc::illegal(i.raw));
                 }
                 self.mret();
+                self.pc
             }
             Sret => {
                 if self.mode == 0 || (self.mode == 1 && self.mstatus & MSTATUS_TSR != 0) {
                     return Err(Exc::illegal(i.raw));
                 }
                 self.sret();
+                self.pc
             }
             Wfi => {
                 if self.mode == 0 || (self.mode == 1 && self.mstatus & MSTATUS_TW != 0) {
                     return Err(Exc::illegal(i.raw));
                 }
-                self.pc = next;
                 self.wfi = true;
                 self.check = true;
+                next
             }
             SfenceVma => {
                 if self.mode == 0 || (self.mode == 1 && self.mstatus & MSTATUS_TVM != 0) {
@@ -199,10 +204,16 @@ impl Hart {
                 } else {
                     self.flush_tlb();
                 }
-                self.pc = next;
+                next
             }
-            Csr => self.csr_insn(i.raw)?,
-            Amo => self.amo(i.raw)?,
+            Csr => {
+                self.csr_insn(i.raw)?;
+                next
+            }
+            Amo => {
+                self.amo(i.raw)?;
+                next
+            }
             Flw | Fld | Fsw | Fsd => {
                 if !self.fs_enabled() {
                     return Err(Exc::illegal(i.raw));
@@ -221,19 +232,19 @@ impl Hart {
                     Fsw => self.st32(va, self.f[rs2])?,
                     _ => self.st64(va, self.f[rs2])?,
                 }
-                self.pc = next;
+                next
             }
             Fp => {
                 self.fp_op(i.raw)?;
-                self.pc = next;
+                next
             }
             Fma => {
                 self.fma_op(i.raw)?;
-                self.pc = next;
+                next
             }
             Illegal => return Err(Exc::illegal(i.raw)),
-        }
-        Ok(())
+        };
+        Ok(npc)
     }
 
     #[inline(never)]
@@ -335,7 +346,6 @@ impl Hart {
         if rd != 0 {
             self.x[rd] = result;
         }
-        self.pc = self.pc.wrapping_add(4);
         Ok(())
     }
 

@@ -274,17 +274,23 @@ impl Hart {
         let n = insns.len();
         self.instret = self.instret.wrapping_add(n as u64);
         self.budget -= n as i64;
+        let mut pc = self.pc;
         for (i, insn) in insns.iter().enumerate() {
-            if let Err(e) = self.exec(insn) {
-                if e == Exc::TAKEN {
-                    self.instret = self.instret.wrapping_sub((n - i - 1) as u64);
+            match self.exec(insn, pc) {
+                Ok(next) => pc = next,
+                Err(e) => {
+                    if e == Exc::TAKEN {
+                        self.instret = self.instret.wrapping_sub((n - i - 1) as u64);
+                        return;
+                    }
+                    self.instret = self.instret.wrapping_sub((n - i) as u64);
+                    self.pc = pc;
+                    self.trap(e);
                     return;
                 }
-                self.instret = self.instret.wrapping_sub((n - i) as u64);
-                self.trap(e);
-                return;
             }
         }
+        self.pc = pc;
     }
 
     /// A 32-bit instruction whose second half is on the next page.
