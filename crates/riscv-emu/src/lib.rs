@@ -36,6 +36,8 @@ mod csr;
 pub mod decode;
 mod exec;
 pub mod fpu;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hart;
 mod htif;
 mod mmu;
