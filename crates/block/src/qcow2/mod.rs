@@ -1415,3 +1415,29 @@ impl BlockBackend for Qcow2 {
         Qcow2::block_status(self, offset, len)
     }
 }
+
+// Concurrent data I/O support (added for `ferro img bench -d N -t none`).
+impl Qcow2 {
+    /// Host offset where `[off, off+len)` can be written in place, without
+    /// any metadata change: inside one cluster that is allocated, owned by
+    /// this image alone (COPIED), not compressed, and (extended L2) whose
+    /// touched subclusters are all allocated. `None` otherwise.
+    pub(crate) fn in_place_host(&mut self, off: u64, len: u64) -> Result<Option<u64>> {
+        if len == 0 || self.read_only {
+            return Ok(None);
+        }
+        let gc = off >> self.cluster_bits;
+        let in_c = off & (self.cs - 1);
+        if in_c + len > self.cs {
+            return Ok(None);
+        }
+        let Some(slot) = self.l2_for_read(gc)? else {
+            return Ok(None);
+        };
+        let (e, bm) = self.l2_get(slot, self.l2_index(gc));
+        if !self.in_place_ok(e, bm, in_c, len) {
+            return Ok(None);
+        }
+        Ok(Some((e & L2E_OFFSET_MASK) + in_c))
+    }
+}
