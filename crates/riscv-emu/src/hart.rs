@@ -28,6 +28,10 @@ impl SystemBus for NullBus {
     }
 }
 
+// SAFETY: the raw `page_flags` pointer targets atomics inside the Arc<Shared>
+// the hart owns a reference to; moving the hart to its thread is fine.
+unsafe impl Send for Hart {}
+
 pub struct Hart {
     pub id: usize,
     /// x0..x31, plus x32: the sink that decoded writes to x0 land in. Sized 256 so
@@ -74,6 +78,10 @@ pub struct Hart {
     pub tl: usize,
     pub ts: usize,
     pub sh: Arc<Shared>,
+    /// Copies of `sh`'s RAM facts for the store fast path.
+    pub ram_host: u64,
+    pub ram_pages: usize,
+    pub page_flags: *const std::sync::atomic::AtomicU8,
     pub bus: Arc<dyn SystemBus>,
     pub budget: i64,
     /// Re-check interrupts at the next block end.
@@ -127,6 +135,9 @@ impl Hart {
             tf: 0,
             tl: 1,
             ts: 2,
+            ram_host: sh.ram_host,
+            ram_pages: sh.page_flags.len(),
+            page_flags: sh.page_flags.as_ptr(),
             sh,
             bus: Arc::new(NullBus),
             budget: 0,
@@ -185,6 +196,7 @@ impl Hart {
             let mut at = EMPTY;
             if prev != EMPTY && prev_clears == cache.clears {
                 at = cache.follow(&sh, prev, pc, self.chain);
+                self.stats[5] += (at != EMPTY) as u64;
             }
             if at == EMPTY {
                 let pa = match self.fetch_pa(pc) {
@@ -196,6 +208,7 @@ impl Hart {
                     }
                 };
                 at = cache.lookup(&sh, pa);
+                self.stats[6] += 1;
                 if at == EMPTY {
                     self.stats[0] += 1;
                     at = cache.build(self, pa);
@@ -214,8 +227,8 @@ impl Hart {
         }
         if std::env::var_os("RISCV_EMU_STATS").is_some() {
             eprintln!(
-                "hart {}: blocks built {}, icache flushes {}, code-page invalidations {}, tlb flushes {}, traps {}",
-                self.id, self.stats[0], self.stats[1], self.stats[2], self.stats[3], self.stats[4]
+                "hart {}: blocks built {}, icache flushes {}, code-page invalidations {}, tlb flushes {}, traps {}, chained {}, looked up {}",
+                self.id, self.stats[0], self.stats[1], self.stats[2], self.stats[3], self.stats[4], self.stats[5], self.stats[6]
             );
         }
     }

@@ -37,7 +37,7 @@ macro_rules! fast_load {
         #[inline(always)]
         pub fn $name(&mut self, va: u64) -> Result<u64, Exc> {
             const N: u64 = std::mem::size_of::<$t>() as u64;
-            let e = self.tlb.t[self.tl][Tlb::index(va)];
+            let e = self.tlb.t[self.tl & (TABLES - 1)][Tlb::index(va)];
             if e.tag == (va >> 12) | self.tlb.epoch && (va & 0xfff) <= 0x1000 - N {
                 let host = va.wrapping_add(e.addend);
                 // SAFETY: a RAM TLB entry maps the whole page into the guest RAM
@@ -55,7 +55,7 @@ macro_rules! fast_store {
         #[inline(always)]
         pub fn $name(&mut self, va: u64, v: u64) -> Result<(), Exc> {
             const N: u64 = std::mem::size_of::<$t>() as u64;
-            let e = self.tlb.t[self.ts][Tlb::index(va)];
+            let e = self.tlb.t[self.ts & (TABLES - 1)][Tlb::index(va)];
             if e.tag == (va >> 12) | self.tlb.epoch && (va & 0xfff) <= 0x1000 - N {
                 let host = va.wrapping_add(e.addend);
                 // SAFETY: as for loads; store entries are only filled for
@@ -215,7 +215,7 @@ impl Hart {
     /// Physical address of an instruction fetch; must be RAM.
     #[inline(always)]
     pub fn fetch_pa(&mut self, pc: u64) -> Result<u64, Exc> {
-        let e = self.tlb.t[self.tf][Tlb::index(pc)];
+        let e = self.tlb.t[self.tf & (TABLES - 1)][Tlb::index(pc)];
         let host = if e.tag == (pc >> 12) | self.tlb.epoch {
             pc.wrapping_add(e.addend)
         } else {
@@ -309,8 +309,11 @@ impl Hart {
     /// After any RAM store: invalidate decoded code on the page, serve HTIF.
     #[inline(always)]
     pub fn store_hook(&mut self, host: u64) {
-        let page = ((host - self.sh.ram_host) >> 12) as usize;
-        if let Some(f) = self.sh.page_flags.get(page) {
+        let page = (host.wrapping_sub(self.ram_host) >> 12) as usize;
+        if page < self.ram_pages {
+            // SAFETY: page_flags points at the Shared's flag array of ram_pages
+            // entries, kept alive by self.sh; index checked just above.
+            let f = unsafe { &*self.page_flags.add(page) };
             if f.load(Ordering::Relaxed) != 0 {
                 self.store_hook_slow(page, host);
             }

@@ -10,6 +10,8 @@ pub const LOAD: usize = 1;
 pub const STORE: usize = 2;
 /// Contexts: 0 = untranslated (M mode or satp Bare), 1 = S, 2 = S with SUM, 3 = U.
 pub const CONTEXTS: usize = 4;
+pub const TABLES: usize = 16;
+const _: () = assert!(CONTEXTS * 3 <= TABLES);
 /// Tag bit marking an MMIO entry (its `addend` maps vaddr to paddr instead).
 pub const MMIO_TAG: u64 = 1 << 63;
 pub const INVALID: u64 = u64::MAX;
@@ -23,7 +25,8 @@ pub struct TlbEntry {
 }
 
 pub struct Tlb {
-    pub t: [[TlbEntry; TLB_SIZE]; CONTEXTS * 3],
+    /// Indexed by `ctx * 3 + kind`; 16 tables so a masked index needs no bounds check.
+    pub t: [[TlbEntry; TLB_SIZE]; TABLES],
     /// OR'd into every tag (bits 52..61): a flush is one increment, and the
     /// tables are only wiped when it wraps.
     pub epoch: u64,
@@ -40,7 +43,7 @@ impl Tlb {
             t: [[TlbEntry {
                 tag: INVALID,
                 addend: 0,
-            }; TLB_SIZE]; CONTEXTS * 3],
+            }; TLB_SIZE]; TABLES],
             epoch: 0,
             has_super: false,
         })
