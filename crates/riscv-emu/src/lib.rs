@@ -19,6 +19,20 @@
 //! let reason = cpus.run(Arc::new(machine_bus));           // blocks until a hart stops the machine
 //! ```
 //!
+//! Design, for speed: instructions are decoded once into blocks (per physical
+//! address, up to 64 instructions, running through not-taken branches and
+//! in-page direct jumps) kept in a per-hart arena and chained to their
+//! successors; a per-hart software TLB stores host-pointer offsets so a RAM
+//! access is a tag compare and an add; interrupts, timers and exit requests are
+//! looked at between blocks (every 4096 instructions at the latest). Stores to
+//! pages holding decoded code bump a per-page version that invalidates the
+//! blocks; `fence.i` makes each block re-check its bytes (catching memory that
+//! DMA rewrote). Guest RAM is accessed through raw pointers; LR/SC and AMOs use
+//! host atomics on it, so they are atomic across harts.
+//!
+//! Floating point is a software IEEE implementation (module `fpu`) with exact
+//! RISC-V flags and all rounding modes.
+//!
 //! Dependencies: `vm-memory` (rust-vmm guest memory, shared with the devices).
 
 // manual_is_multiple_of: the workspace MSRV (1.85) predates is_multiple_of.
