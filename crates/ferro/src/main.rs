@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ferro", version, about = "Ferrovisor: VMs, images and containers")]
+#[command(
+    name = "ferro",
+    version,
+    about = "Ferrovisor: VMs, images and containers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
