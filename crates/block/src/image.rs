@@ -13,6 +13,37 @@ use crate::{
     ResizeOptions, Result, SnapshotInfo,
 };
 
+/// One piece of a request mapped to the host file: `len` bytes at `host`
+/// from `buf` bytes into the caller's buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seg {
+    pub host: u64,
+    pub buf: usize,
+    pub len: usize,
+}
+
+/// How `SharedImage` may run a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Plan {
+    /// The segments can be transferred without the lock.
+    InPlace,
+    /// A fresh cluster was allocated for guest cluster `gc`: write the
+    /// segments, then `publish`.
+    Fresh { gc: u64, host: u64, bitmap: u64 },
+    /// Needs metadata work: run the whole request under the lock.
+    Locked,
+}
+
+pub(crate) fn push_seg(segs: &mut Vec<Seg>, host: u64, buf: usize, len: usize) {
+    if let Some(l) = segs.last_mut() {
+        if l.host + l.len as u64 == host && l.buf + l.len == buf {
+            l.len += len;
+            return;
+        }
+    }
+    segs.push(Seg { host, buf, len });
+}
+
 /// Longest backing chain we follow (a loop is caught earlier).
 const MAX_CHAIN: usize = 64;
 
@@ -301,6 +332,60 @@ impl Image {
         check_range(size, offset, buf.len() as u64)?;
         let q = self.qcow2_mut("compression")?;
         q.write_compressed(buf, offset)
+    }
+
+    pub(crate) fn data_path(&self) -> &Path {
+        match &self.kind {
+            Kind::Raw(r) => r.path(),
+            Kind::Qcow2(q) => &q.path,
+        }
+    }
+
+    pub(crate) fn is_direct(&self) -> bool {
+        match &self.kind {
+            Kind::Raw(r) => r.is_direct(),
+            Kind::Qcow2(q) => q.direct.is_some(),
+        }
+    }
+
+    pub(crate) fn plan(
+        &mut self,
+        off: u64,
+        buf: &[u8],
+        segs: &mut Vec<Seg>,
+        write: bool,
+    ) -> Result<Plan> {
+        segs.clear();
+        match &mut self.kind {
+            Kind::Raw(r) => {
+                if write && r.read_only() {
+                    return Err(Error::ReadOnly);
+                }
+                if !buf.is_empty() {
+                    segs.push(Seg {
+                        host: off,
+                        buf: 0,
+                        len: buf.len(),
+                    });
+                }
+                Ok(Plan::InPlace)
+            }
+            Kind::Qcow2(q) => q.plan(off, buf.len(), segs, write),
+        }
+    }
+
+    pub(crate) fn publish(&mut self, gc: u64, host: u64, bitmap: u64) -> Result<()> {
+        match &mut self.kind {
+            Kind::Qcow2(q) => q.publish(gc, host, bitmap),
+            Kind::Raw(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn unpublish(&mut self, host: u64) -> Result<()> {
+        match &mut self.kind {
+            Kind::Qcow2(q) => q.free_clusters(host, 1),
+            Kind::Raw(_) => Ok(()),
+        }
     }
 
     /// qemu's `cache=unsafe` (qemu-img convert's default for its target):

@@ -14,8 +14,10 @@ pub mod fuzzing;
 mod image;
 pub mod qcow2;
 pub mod raw;
+mod shared;
 
 pub use image::{commit, convert, create, info_chain, probe, rebase, Image};
+pub use shared::SharedImage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

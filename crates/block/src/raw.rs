@@ -41,6 +41,10 @@ impl Raw {
         })
     }
 
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

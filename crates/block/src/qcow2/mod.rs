@@ -983,6 +983,100 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `SharedImage` planning: maps a request to host segments when it can
+    /// run without the lock (see `shared.rs`), else `Plan::Locked`.
+    pub(crate) fn plan(
+        &mut self,
+        off: u64,
+        len: usize,
+        segs: &mut Vec<crate::image::Seg>,
+        write: bool,
+    ) -> Result<crate::image::Plan> {
+        use crate::image::{push_seg, Plan};
+        if write {
+            self.check_writable()?;
+        }
+        let mut done = 0usize;
+        while done < len {
+            let pos = off + done as u64;
+            let gc = pos >> self.cluster_bits;
+            let in_c = pos & (self.cs - 1);
+            let n = ((self.cs - in_c) as usize).min(len - done);
+            let (e, bm) = match self.l2_for_read(gc)? {
+                Some(s) => self.l2_get(s, self.l2_index(gc)),
+                None => (0, 0),
+            };
+            let ok = if write {
+                self.in_place_ok(e, bm, in_c, n as u64)
+            } else if e & COMPRESSED != 0 || e & L2E_OFFSET_MASK == 0 {
+                false
+            } else if self.extl2 {
+                let s0 = in_c >> self.sc_bits;
+                let s1 = (in_c + n as u64 - 1) >> self.sc_bits;
+                let mask = ((1u64 << (s1 - s0 + 1)) - 1) << s0;
+                bm & mask == mask
+            } else {
+                matches!(self.map_of(e, bm, 0), Map::Data(_))
+            };
+            if !ok {
+                if write && done == 0 && n == len {
+                    return self.plan_fresh(gc, in_c, n, e, bm, segs);
+                }
+                return Ok(Plan::Locked);
+            }
+            push_seg(segs, (e & L2E_OFFSET_MASK) + in_c, done, n);
+            done += n;
+        }
+        Ok(Plan::InPlace)
+    }
+
+    fn plan_fresh(
+        &mut self,
+        gc: u64,
+        in_c: u64,
+        n: usize,
+        e: u64,
+        bm: u64,
+        segs: &mut Vec<crate::image::Seg>,
+    ) -> Result<crate::image::Plan> {
+        use crate::image::Plan;
+        let reads_zero = e & (COMPRESSED | L2E_OFFSET_MASK) == 0
+            && if self.extl2 {
+                bm == ALL_ZERO || (bm == 0 && self.below_is_zero(gc))
+            } else {
+                (e & ZERO != 0 && self.h.version >= 3) || self.below_is_zero(gc)
+            };
+        if !reads_zero || (self.free_hint << self.cluster_bits) < self.fresh_from {
+            return Ok(Plan::Locked);
+        }
+        self.mark_dirty_if_lazy()?;
+        self.zcache = None;
+        self.l2_for_write(gc)?;
+        let host = self.alloc_clusters(1)?;
+        let bitmap = if self.extl2 {
+            let s0 = in_c >> self.sc_bits;
+            let s1 = (in_c + n as u64 - 1) >> self.sc_bits;
+            let touched = ((1u64 << (s1 - s0 + 1)) - 1) << s0;
+            touched | (((bm >> 32) & !touched & 0xffff_ffff) << 32)
+        } else {
+            0
+        };
+        self.note_written(host + in_c, n as u64);
+        segs.push(crate::image::Seg {
+            host: host + in_c,
+            buf: 0,
+            len: n,
+        });
+        Ok(Plan::Fresh { gc, host, bitmap })
+    }
+
+    /// Maps a fresh cluster whose data is now written (data before L2).
+    pub(crate) fn publish(&mut self, gc: u64, host: u64, bitmap: u64) -> Result<()> {
+        let slot = self.l2_for_write(gc)?;
+        self.l2_set(slot, self.l2_index(gc), host | COPIED, bitmap);
+        Ok(())
+    }
+
     /// Writes one guest cluster compressed (see `Image::write_compressed`).
     pub(crate) fn write_compressed(&mut self, buf: &[u8], off: u64) -> Result<()> {
         self.check_writable()?;
