@@ -110,6 +110,42 @@ fn feed(target: &Target, mut bytes: &[u8]) {
 
 const HELP: &str = "\r\nC-a h    print this help\r\nC-a x    exit ferro\r\nC-a C-a  send C-a\r\n";
 
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    Help,
+}
+
+/// QEMU-style Ctrl-A escape decoding, kept across reads.
+#[derive(Default)]
+pub struct Escapes {
+    pending: bool,
+}
+
+impl Escapes {
+    /// Bytes for the guest, and the first host action (input after a quit is dropped).
+    pub fn process(&mut self, input: &[u8]) -> (Vec<u8>, Option<Action>) {
+        let mut out = Vec::with_capacity(input.len());
+        let mut action = None;
+        for &b in input {
+            if self.pending {
+                self.pending = false;
+                match b {
+                    b'x' | b'X' => return (out, Some(Action::Quit)),
+                    0x01 => out.push(0x01),
+                    b'h' | b'H' => action = Some(Action::Help),
+                    _ => {}
+                }
+            } else if b == 0x01 {
+                self.pending = true;
+            } else {
+                out.push(b);
+            }
+        }
+        (out, action)
+    }
+}
+
 /// Starts the stdin → UART thread.
 pub fn spawn_input(target: Target, escapes: bool) {
     let r = std::thread::Builder::new()
@@ -117,7 +153,7 @@ pub fn spawn_input(target: Target, escapes: bool) {
         .spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 512];
-            let mut esc = false;
+            let mut escapes_state = Escapes::default();
             loop {
                 let n = match stdin.read(&mut buf) {
                     Ok(0) => return, // EOF: the guest keeps running.
@@ -129,35 +165,46 @@ pub fn spawn_input(target: Target, escapes: bool) {
                     feed(&target, &buf[..n]);
                     continue;
                 }
-                let mut out = Vec::with_capacity(n);
-                for &b in &buf[..n] {
-                    if esc {
-                        esc = false;
-                        match b {
-                            b'x' | b'X' => {
-                                if let Some((_, ctl)) = target.get() {
-                                    ctl.request_exit(ExitReason::Stopped);
-                                }
-                                return;
-                            }
-                            0x01 => out.push(0x01),
-                            b'h' | b'H' => {
-                                use std::io::Write;
-                                let _ = std::io::stdout().write_all(HELP.as_bytes());
-                                let _ = std::io::stdout().flush();
-                            }
-                            _ => {}
-                        }
-                    } else if b == 0x01 {
-                        esc = true;
-                    } else {
-                        out.push(b);
-                    }
-                }
+                let (out, action) = escapes_state.process(&buf[..n]);
                 feed(&target, &out);
+                match action {
+                    Some(Action::Quit) => {
+                        if let Some((_, ctl)) = target.get() {
+                            ctl.request_exit(ExitReason::Stopped);
+                        }
+                        return;
+                    }
+                    Some(Action::Help) => {
+                        use std::io::Write;
+                        let _ = std::io::stdout().write_all(HELP.as_bytes());
+                        let _ = std::io::stdout().flush();
+                    }
+                    None => {}
+                }
             }
         });
     if let Err(e) = r {
         tracing::warn!("cannot start the console input thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_a_escapes() {
+        let mut e = Escapes::default();
+        assert_eq!(e.process(b"ls\r"), (b"ls\r".to_vec(), None));
+        // Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-C passes through to the guest.
+        assert_eq!(e.process(b"a\x01\x01b\x03"), (b"a\x01b\x03".to_vec(), None));
+        // An escape split across reads still works.
+        assert_eq!(e.process(b"q\x01"), (b"q".to_vec(), None));
+        assert_eq!(e.process(b"h"), (vec![], Some(Action::Help)));
+        // Unknown escapes are swallowed; Ctrl-A X quits and drops what follows.
+        assert_eq!(
+            e.process(b"\x01zok\x01xrest"),
+            (b"ok".to_vec(), Some(Action::Quit))
+        );
     }
 }
