@@ -100,9 +100,9 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     f.property_string("compatible", "simple-bus")?;
     f.property_null("ranges")?;
 
-    // Linux probes virtio-mmio nodes in reverse order; listing the highest
-    // slot first makes slot 0 the first device (vda), as users expect.
-    for &i in p.virtio_slots.iter().rev() {
+    // Linux creates (and so probes) virtio-mmio devices in node order:
+    // ascending slots make slot 0 virtio0, so the first --disk is vda.
+    for &i in p.virtio_slots {
         let base = virtio_base(i);
         let n = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
         f.property_string("compatible", "virtio,mmio")?;
@@ -262,9 +262,9 @@ mod tests {
         ] {
             assert!(s.contains(want), "missing {want:?} in:\n{s}");
         }
-        // Only attached virtio slots are advertised, highest first.
+        // Only attached virtio slots are advertised, lowest first (probe order).
         assert!(!s.contains("virtio_mmio@10002000"));
-        assert!(s.find("virtio_mmio@10003000").unwrap() < s.find("virtio_mmio@10001000").unwrap());
+        assert!(s.find("virtio_mmio@10001000").unwrap() < s.find("virtio_mmio@10003000").unwrap());
         // Without an initrd, /chosen has no initrd range.
         let dtb = build(&FdtParams {
             harts: 1,
