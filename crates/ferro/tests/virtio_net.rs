@@ -6,7 +6,6 @@
 
 mod run_common;
 mod virtio_util;
-use run_common::*;
 use virtio_util::*;
 
 use std::io::{Read, Write};

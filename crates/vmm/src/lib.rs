@@ -56,7 +56,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub stats: bool,
     #[command(flatten)]
-    pub virtio: virtio::VirtioArgs,
+    pub virtio: Box<virtio::VirtioArgs>,
 }
 
 impl Default for RunArgs {
