@@ -21,6 +21,9 @@ const SIZE: u64 = 32 << 20;
 enum Op {
     Write { off: u64, len: u64, seed: u64 },
     Zero { off: u64, len: u64 },
+    Discard { off: u64, len: u64 },
+    Snapshot,
+    DeleteSnapshot,
     Flush,
 }
 
@@ -65,6 +68,13 @@ fn crash_child() {
         match op {
             Op::Write { off, len, seed } => i.write_at(&data(seed, len), off).unwrap(),
             Op::Zero { off, len } => i.write_zeroes(off, len).unwrap(),
+            Op::Discard { off, len } => i.discard(off, len).unwrap(),
+            Op::Snapshot => i.snapshot_create(&format!("s{n}")).unwrap(),
+            Op::DeleteSnapshot => {
+                if let Some(s) = i.snapshots().first() {
+                    i.snapshot_delete(&s.id.clone()).unwrap();
+                }
+            }
             Op::Flush => {
                 i.flush().unwrap();
                 writeln!(log, "flushed {n}").unwrap();
@@ -143,8 +153,10 @@ fn one_crash(dir: &Path, opts: &CreateOptions, seed: u64, kill_after: Duration) 
     let mut known = vec![true; SIZE as usize];
     for (n, op) in ops(seed).enumerate().take((last_op + 1) as usize) {
         let (off, len) = match op {
-            Op::Write { off, len, .. } | Op::Zero { off, len } => (off as usize, len as usize),
-            Op::Flush => continue,
+            Op::Write { off, len, .. } | Op::Zero { off, len } | Op::Discard { off, len } => {
+                (off as usize, len as usize)
+            }
+            _ => continue,
         };
         if n as i64 <= flushed {
             match op {
@@ -179,6 +191,7 @@ fn crash_kill9_keeps_images_consistent() {
     let dir = tempdir();
     let base_seed = seed_from_env(1000);
     eprintln!("crash test base seed {base_seed}");
+    // (All kinds here can share clusters, so snapshots work.)
     let kinds = [
         CreateOptions::default(),
         CreateOptions {
@@ -206,7 +219,7 @@ fn crash_kill9_keeps_images_consistent() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(base_seed);
     for round in 0..60u64 {
         let opts = &kinds[round as usize % kinds.len()];
-        let ms = rng.gen_range(1..80);
+        let ms = rng.gen_range(1..150);
         one_crash(
             dir.path(),
             opts,

@@ -543,3 +543,44 @@ fn block_status_matches_qemu_map() {
         );
     }
 }
+
+#[test]
+fn snapshot_across_resize() {
+    let dir = tempdir();
+    let path = dir.path().join("sr.qcow2");
+    qcow2(
+        &path,
+        4 << 20,
+        CreateOptions {
+            cluster_size: Some(4096),
+            ..Default::default()
+        },
+    );
+    let d = random(7, 4 << 20);
+    let mut i = open_rw(&path);
+    i.write_at(&d, 0).unwrap();
+    i.snapshot_create("small").unwrap();
+    // Growing past what the L1 covers (4 KiB clusters: 2 MiB per L2 table).
+    i.resize(64 << 20, &ResizeOptions::default()).unwrap();
+    i.write_at(&[3u8; 8192], 60 << 20).unwrap();
+    i.snapshot_create("big").unwrap();
+    i.snapshot_apply("small").unwrap();
+    assert_eq!(i.size(), 4 << 20, "applying restores the snapshot's size");
+    assert!(read_all(&mut i) == d);
+    drop(i);
+    assert_qemu_check_clean(&path);
+    assert_qemu_equal(dir.path(), &path, &d);
+    let mut i = open_rw(&path);
+    i.snapshot_apply("big").unwrap();
+    assert_eq!(i.size(), 64 << 20);
+    let mut b = vec![0u8; 8192];
+    i.read_at(&mut b, 60 << 20).unwrap();
+    assert!(b.iter().all(|&x| x == 3));
+    i.snapshot_delete("small").unwrap();
+    drop(i);
+    assert_qemu_check_clean(&path);
+    let mut want = d.clone();
+    want.resize(64 << 20, 0);
+    want[60 << 20..(60 << 20) + 8192].fill(3);
+    assert_qemu_equal(dir.path(), &path, &want);
+}
