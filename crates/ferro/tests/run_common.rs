@@ -61,16 +61,21 @@ impl Running {
     /// Waits until the output contains `needle` (true) or both pipes close or
     /// the deadline passes (false).
     pub fn wait_for(&mut self, needle: &str, deadline: Instant) -> bool {
+        self.wait_for_n(needle, 1, deadline)
+    }
+
+    /// Like `wait_for`, for the `n`th occurrence.
+    pub fn wait_for_n(&mut self, needle: &str, n: usize, deadline: Instant) -> bool {
         let mut closed = 0;
-        while !self.output.contains(needle) {
+        while self.output.matches(needle).count() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(b) => self.output.push_str(&String::from_utf8_lossy(&b)),
                 Err(mpsc::RecvTimeoutError::Timeout) => return false,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     closed += 1;
-                    if closed > 0 {
-                        return self.output.contains(needle);
+                    if closed == 2 {
+                        return self.output.matches(needle).count() >= n;
                     }
                 }
             }

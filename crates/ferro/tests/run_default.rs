@@ -1,5 +1,6 @@
 //! End to end: `ferro run` with no arguments boots the default guest to a
-//! shell prompt, and `poweroff` typed there ends ferro with status 0.
+//! shell prompt, and `poweroff` typed there ends ferro with status 0; a
+//! guest reboot restarts the machine; SMP guests work the same way.
 
 mod run_common;
 use run_common::*;
@@ -7,11 +8,10 @@ use run_common::*;
 use std::process::Stdio;
 use std::time::Instant;
 
-#[test]
-fn default_guest_reaches_prompt_and_powers_off() {
+fn boot_to_prompt(extra: &[&str]) -> (Running, Instant) {
     let _ = guest(); // fail loudly if the cache is missing (no silent fetch)
     let mut cmd = ferro();
-    cmd.arg("run");
+    cmd.arg("run").args(extra);
     let mut r = Running::spawn(cmd, Stdio::piped());
     let deadline = Instant::now() + BOOT_DEADLINE;
     assert!(
@@ -20,14 +20,57 @@ fn default_guest_reaches_prompt_and_powers_off() {
         guest::PROMPT,
         r.output
     );
+    (r, deadline)
+}
+
+fn poweroff(mut r: Running, deadline: Instant) {
+    r.send("poweroff\n");
+    let (code, out) = r.finish(deadline);
+    assert!(out.contains("reboot: Power down"), "{out}");
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn default_guest_reaches_prompt_and_powers_off() {
+    let (mut r, deadline) = boot_to_prompt(&[]);
     r.send("echo marker-$((6*7))\n");
     assert!(
         r.wait_for("marker-42", deadline),
         "shell did not run a command:\n{}",
         r.output
     );
-    r.send("poweroff\n");
-    let (code, out) = r.finish(deadline);
-    assert!(out.contains("reboot: Power down"), "{out}");
-    assert_eq!(code, 0, "{out}");
+    // The virtio and ext4 modules from Debian's package are loaded.
+    r.send("grep -c -E '^(virtio_mmio|ext4) ' /proc/modules\n");
+    assert!(
+        r.wait_for("\n2\r\n", deadline),
+        "modules missing:\n{}",
+        r.output
+    );
+    poweroff(r, deadline);
+}
+
+#[test]
+fn default_guest_smp_loads_modules_and_powers_off() {
+    let (mut r, deadline) = boot_to_prompt(&["--cpus", "2"]);
+    r.send("echo cpus-$(nproc)\n");
+    assert!(r.wait_for("cpus-2", deadline), "{}", r.output);
+    poweroff(r, deadline);
+}
+
+#[test]
+fn guest_reboot_restarts_the_machine() {
+    const BANNER: &str = "Ferrovisor default guest (";
+    let (mut r, deadline) = boot_to_prompt(&[]);
+    r.send("reboot\n");
+    assert!(
+        r.wait_for_n(BANNER, 2, deadline),
+        "no second boot:\n{}",
+        r.output
+    );
+    assert!(
+        r.wait_for_n(guest::PROMPT, 2, deadline),
+        "no prompt after reboot:\n{}",
+        r.output
+    );
+    poweroff(r, deadline);
 }
