@@ -32,13 +32,16 @@ fn ops(seed: u64) -> impl Iterator<Item = Op> {
     std::iter::from_fn(move || {
         let off = rng.gen_range(0..SIZE / 512) * 512;
         let len = (rng.gen_range(1..=512u64) * 512).min(SIZE - off);
-        Some(match rng.gen_range(0..20) {
-            0..=14 => Op::Write {
+        Some(match rng.gen_range(0..40) {
+            0..=27 => Op::Write {
                 off,
                 len,
                 seed: rng.gen(),
             },
-            15..=16 => Op::Zero { off, len },
+            28..=30 => Op::Zero { off, len },
+            31..=32 => Op::Discard { off, len },
+            33 => Op::Snapshot,
+            34 => Op::DeleteSnapshot,
             _ => Op::Flush,
         })
     })
@@ -139,11 +142,45 @@ fn one_crash(dir: &Path, opts: &CreateOptions, seed: u64, kill_after: Duration) 
         }
     }
     eprintln!("seed {seed}: killed after op {last_op}, last flush at op {flushed}");
-    // qemu-img check: 0 clean or 3 leaks only.
+    // qemu-img check: 0 clean or 3 leaks only. One exception: killed in the
+    // middle of a snapshot operation, an active cluster may have refcount 1
+    // with its COPIED flag still clear (refcount and flag live in different
+    // clusters; qemu has the same window). That only costs a needless copy
+    // on write, and check -r all fixes it; anything else fails.
     let o = qemu_img(&["check", p(&img)]);
     let code = o.status.code();
+    let in_snapshot_op = matches!(
+        ops(seed).nth(last_op.max(0) as usize),
+        Some(Op::Snapshot | Op::DeleteSnapshot)
+    );
+    let report =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    let harmless = |l: &str| {
+        l.starts_with("ERROR OFLAG_COPIED") && l.ends_with("refcount=1") && {
+            let hex = l
+                .split('=')
+                .nth(if l.contains("l1_index") { 2 } else { 1 })
+                .unwrap_or("");
+            let v = u64::from_str_radix(hex.split_whitespace().next().unwrap_or(""), 16)
+                .unwrap_or(1 << 63);
+            v & (1 << 63) == 0
+        }
+    };
+    let only_flags = code == Some(2)
+        && in_snapshot_op
+        && report
+            .lines()
+            .filter(|l| l.starts_with("ERROR"))
+            .all(harmless);
+    if only_flags {
+        eprintln!("seed {seed}: killed inside a snapshot operation; only stale COPIED flags");
+        assert_eq!(
+            qemu_img(&["check", "-r", "all", p(&img)]).status.code(),
+            Some(0)
+        );
+    }
     assert!(
-        code == Some(0) || code == Some(3),
+        code == Some(0) || code == Some(3) || only_flags,
         "seed {seed}: qemu-img check after kill -9 exited {code:?}:\n{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)

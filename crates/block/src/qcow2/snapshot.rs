@@ -277,6 +277,26 @@ impl Qcow2 {
         Ok(new_l1)
     }
 
+    /// Clears COPIED in every L2 entry of the tables `l1` points to, and
+    /// writes those tables (refcounts are untouched).
+    fn clear_copied(&mut self, l1: &[u64]) -> Result<()> {
+        for &l1e in l1 {
+            let l2off = l1e & L1E_OFFSET_MASK;
+            if l2off == 0 {
+                continue;
+            }
+            let slot = self.l2_slot(l2off)?;
+            for idx in 0..self.l2_entries as usize {
+                let (e, bm) = self.l2_get(slot, idx);
+                if e & COPIED != 0 {
+                    self.l2_set(slot, idx, e & !COPIED, bm);
+                }
+            }
+            self.write_l2_slot(slot)?;
+        }
+        self.sync()
+    }
+
     /// Writes the whole active L1 table from memory.
     pub(crate) fn write_l1(&mut self) -> Result<()> {
         let mut raw = vec![0u8; self.l1.len() * 8];
@@ -356,14 +376,19 @@ impl Qcow2 {
             .max()
             .unwrap_or(0)
             + 1;
-        // Raise refcounts of everything the active tree references and
-        // clear COPIED flags (the tree is now shared).
+        // Clear the active tree's COPIED flags first, then raise refcounts:
+        // a crash in between leaves refcount 1 with the flag clear (only an
+        // extra copy on write), never a shared cluster marked COPIED. qemu
+        // has the same window, as two clusters cannot change atomically.
         let old_l1 = self.l1.clone();
-        let new_l1 = self.update_tree_refcounts(&old_l1, 1, true)?;
+        self.clear_copied(&old_l1)?;
+        self.l1 = old_l1.iter().map(|e| e & !COPIED).collect();
+        self.write_l1()?;
+        self.sync()?;
+        let cur = self.l1.clone();
+        self.update_tree_refcounts(&cur, 1, false)?;
         self.flush_metadata()?;
         self.sync()?;
-        self.l1 = new_l1;
-        self.write_l1()?;
         // Copy the L1 table.
         let n = self.l1.len() as u64;
         let l1_off = if n > 0 {
@@ -418,10 +443,12 @@ impl Qcow2 {
         if sn.l1_size as usize > self.l1.len() {
             self.resize_l1(sn.l1_size)?;
         }
-        // Raise the snapshot tree's refcounts first.
+        // Raise the snapshot tree's refcounts first, and clear the (stale)
+        // COPIED flags of its tables before they become active.
         self.update_tree_refcounts(&sn_l1, 1, false)?;
         self.flush_metadata()?;
         self.sync()?;
+        self.clear_copied(&sn_l1)?;
         let old_l1 = self.l1.clone();
         let mut l1 = sn_l1.clone();
         l1.resize(self.l1.len(), 0);
