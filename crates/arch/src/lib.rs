@@ -1,4 +1,6 @@
-//! Machine models. `riscv64`: QEMU `virt`-compatible memory map, PLIC, syscon,
+//! Machine models. `x86_64` (x86-64 hosts only: linux-loader's bzImage/ELF
+//! loaders exist there): memory map/e820, Linux and PVH boot, MP table,
+//! legacy ports, for the KVM backend. `riscv64`: QEMU `virt`-compatible memory map, PLIC, syscon,
 //! RTC, device tree (vm-fdt) and the firmware/kernel/initrd loaders.
 //!
 //! Dependencies: `vm-fdt` (device tree writer), `vm-memory` (guest RAM shared
@@ -7,3 +9,5 @@
 //! loaders are only built for their native host architecture.
 
 pub mod riscv64;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;

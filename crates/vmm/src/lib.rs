@@ -7,6 +7,8 @@
 //! not fit); host-side errors exit 1 with a message.
 
 pub mod console;
+#[cfg(target_arch = "x86_64")]
+pub mod kvm;
 pub mod virtio;
 
 use std::path::{Path, PathBuf};
@@ -19,9 +21,13 @@ use riscv_emu::ExitReason;
 /// `ferro run` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Guest architecture (the emulation backend runs riscv64).
-    #[arg(long, default_value = "riscv64", value_parser = ["riscv64"])]
+    /// Guest architecture: riscv64 (emulated) or x86_64 (KVM).
+    #[arg(long, default_value = "riscv64", value_parser = ["riscv64", "x86_64"])]
     pub arch: String,
+    /// Accelerator: emu (the riscv64 emulator) or kvm (x86_64 guests on
+    /// /dev/kvm). Default: emu for riscv64, kvm for x86_64.
+    #[arg(long, value_parser = ["emu", "kvm"])]
+    pub accel: Option<String>,
     /// Linux `Image` (with firmware) or, with `--bios none`, a bare-metal ELF.
     /// Without it, the default guest boots.
     #[arg(long)]
@@ -157,6 +163,15 @@ fn attach_virtio(builder: &mut MachineBuilder, args: &RunArgs) -> Result<()> {
 
 /// Runs a VM; returns the process exit code.
 pub fn run(args: RunArgs) -> Result<i32> {
+    match (args.arch.as_str(), args.accel.as_deref()) {
+        #[cfg(target_arch = "x86_64")]
+        ("x86_64", None | Some("kvm")) => return kvm::run(&args),
+        ("x86_64", _) => bail!("x86_64 guests run only with --accel kvm (on an x86-64 host)"),
+        (_, Some("kvm")) => {
+            bail!("--accel kvm runs x86_64 guests (--arch x86_64); riscv64 guests use --accel emu")
+        }
+        _ => {}
+    }
     let ram_size = parse_memory(&args.memory)?;
     if !(1..=8).contains(&args.cpus) {
         bail!("--cpus {}: the riscv64 machine supports 1 to 8", args.cpus);

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use arch::riscv64::MachineBuilder;
+use arch::riscv64::{MachineBuilder, VirtioSlot};
+use devices::BusDevice;
 use virtio_devices::block::{Block, BlockConfig};
 use virtio_devices::console::{Console, ConsoleIo};
 use virtio_devices::net::{parse_mac, Net, Tap};
@@ -264,7 +265,26 @@ fn open_console(c: &ConsoleSpec) -> Result<Console> {
     Ok(Console::new(io))
 }
 
-fn attach_one(builder: &mut MachineBuilder, dev: Box<dyn VirtioDevice>) -> Result<()> {
+/// A machine builder with virtio-mmio slots (riscv64 `virt`, x86-64).
+pub trait VirtioHost {
+    fn memory(&self) -> &vm_memory::GuestMemoryMmap;
+    fn add_virtio(&mut self) -> Result<VirtioSlot>;
+    fn attach_virtio(&mut self, slot: &VirtioSlot, dev: Arc<Mutex<dyn BusDevice>>) -> Result<()>;
+}
+
+impl VirtioHost for MachineBuilder {
+    fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        MachineBuilder::memory(self)
+    }
+    fn add_virtio(&mut self) -> Result<VirtioSlot> {
+        Ok(MachineBuilder::add_virtio(self)?)
+    }
+    fn attach_virtio(&mut self, slot: &VirtioSlot, dev: Arc<Mutex<dyn BusDevice>>) -> Result<()> {
+        Ok(MachineBuilder::attach_virtio(self, slot, dev)?)
+    }
+}
+
+fn attach_one(builder: &mut impl VirtioHost, dev: Box<dyn VirtioDevice>) -> Result<()> {
     let slot = builder.add_virtio()?;
     let t = MmioTransport::new(dev, builder.memory().clone(), slot.irq.clone())
         .context("virtio-mmio transport")?;
@@ -274,7 +294,7 @@ fn attach_one(builder: &mut MachineBuilder, dev: Box<dyn VirtioDevice>) -> Resul
 
 /// Opens every backend and attaches the devices. Called once per boot (a
 /// guest reboot rebuilds the machine after the old one has released them).
-pub fn attach(builder: &mut MachineBuilder, args: &VirtioArgs) -> Result<()> {
+pub fn attach(builder: &mut impl VirtioHost, args: &VirtioArgs) -> Result<()> {
     for d in &args.disk {
         attach_one(builder, Box::new(open_disk(d)?))?;
     }

@@ -1,0 +1,267 @@
+/* A freestanding x86-64 test guest for ferro's KVM backend. It reads its
+ * command line from the boot protocol it was entered with (Linux 64-bit:
+ * boot_params in RSI; PVH: hvm_start_info in EBX) and runs the checks named
+ * there (test=...), reporting on COM1 and ending with a poweroff (port
+ * 0x604 <- 0x2000). Built by crates/ferro/tests/kvm_guests.rs. */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(p)); }
+static inline void outw(u16 p, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(p)); }
+static inline u8 inb(u16 p) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
+static inline void wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+
+static void putc(char c) {
+    while (!(inb(0x3fd) & 0x20)) {}
+    outb(0x3f8, c);
+}
+static void puts(const char *s) { while (*s) putc(*s++); }
+static void puthex(u64 v) {
+    puts("0x");
+    for (int i = 60; i >= 0; i -= 4) putc("0123456789abcdef"[(v >> i) & 15]);
+}
+static void putdec(u64 v) {
+    char b[24]; int n = 0;
+    do { b[n++] = '0' + v % 10; v /= 10; } while (v);
+    while (n) putc(b[--n]);
+}
+static __attribute__((noreturn)) void poweroff(void) {
+    outw(0x604, 0x2000);
+    for (;;) __asm__ volatile("cli; hlt");
+}
+static int starts(const char *s, const char *p) {
+    while (*p) if (*s++ != *p++) return 0;
+    return 1;
+}
+static int has_word(const char *cmd, const char *w) {
+    const char *s = cmd;
+    while (*s) {
+        if ((s == cmd || s[-1] == ' ') && starts(s, w)) {
+            const char *e = s; const char *q = w;
+            while (*q) { e++; q++; }
+            if (*e == 0 || *e == ' ') return 1;
+        }
+        s++;
+    }
+    return 0;
+}
+static u64 fnv(u64 a, u64 n) {
+    u64 h = 0xcbf29ce484222325ull;
+    for (u64 i = 0; i < n; i++) { h ^= *(volatile u8 *)(a + i); h *= 0x100000001b3ull; }
+    return h;
+}
+
+__attribute__((used)) u64 boot_params, start_info;
+
+/* ---- SMP: count CPUs in the MP table, start the APs with INIT/SIPI; each
+ * AP sets its APIC ID bit at 0x5000 from a real-mode trampoline. */
+extern char tramp_start[], tramp_end[];
+__asm__(".code16\n"
+        "tramp_start:\n"
+        "  cli\n"
+        "  xor %ax, %ax\n"
+        "  mov %ax, %ds\n"
+        "  mov $1, %eax\n"
+        "  cpuid\n"
+        "  shr $24, %ebx\n"
+        "  lock btsl %ebx, 0x5000\n"
+        "1: hlt\n"
+        "  jmp 1b\n"
+        "tramp_end:\n"
+        ".code64\n");
+
+static void delay(u64 n) { for (volatile u64 i = 0; i < n; i++) {} }
+
+static void smp(void) {
+    u64 mp = 0;
+    for (u64 a = 0x9fc00; a < 0xa0000; a += 16)
+        if (rd32(a) == 0x5f504d5f) { mp = a; break; } /* "_MP_" */
+    if (!mp) { puts("SMP no MP table\n"); return; }
+    u64 cfg = rd32(mp + 4);
+    u32 entries = *(volatile u16 *)(cfg + 34);
+    u64 p = cfg + 44;
+    u32 cpus = 0;
+    for (u32 i = 0; i < entries; i++) {
+        u8 t = *(volatile u8 *)p;
+        if (t == 0) { cpus++; p += 20; } else p += 8;
+    }
+    puts("MPCPUS="); putdec(cpus); putc('\n');
+    u32 eax = 1, ebx, ecx = 0, edx;
+    __asm__ volatile("cpuid" : "+a"(eax), "=b"(ebx), "+c"(ecx), "=d"(edx));
+    u32 me = ebx >> 24;
+    volatile u64 *bits = (volatile u64 *)0x5000;
+    *bits = 1ull << me;
+    u8 *dst = (u8 *)0x10000;
+    for (char *s = tramp_start; s < tramp_end; s++) *dst++ = *s;
+    wr32(0xfee00310, 0);
+    wr32(0xfee00300, 0x000c4500); /* INIT, all but self */
+    delay(1000);
+    wr32(0xfee00300, 0x000c4610); /* SIPI vector 0x10 -> 0x10000 */
+    u64 want = cpus >= 64 ? ~0ull : (1ull << cpus) - 1;
+    for (u64 spin = 0; spin < 200000000ull && *bits != want; spin++) {
+        if (spin == 100000) wr32(0xfee00300, 0x000c4610); /* second SIPI */
+    }
+    for (u32 i = 0; i < 64; i++)
+        if (*bits & (1ull << i)) { puts("CPU "); putdec(i); puts(" reported\n"); }
+    puts(*bits == want ? "SMP OK\n" : "SMP MISSING\n");
+}
+
+/* ---- virtio-blk over virtio-mmio (version 2), polled. */
+#define VB 0xd0000000ull
+struct desc { u64 addr; u32 len; u16 flags; u16 next; };
+#define QDESC 0x200000ull
+#define QAVAIL 0x201000ull
+#define QUSED 0x202000ull
+#define REQ 0x203000ull
+#define DATA 0x204000ull
+static u16 avail_idx;
+
+static int blk_io(u32 type, u64 sector) {
+    volatile struct desc *d = (volatile struct desc *)QDESC;
+    volatile u32 *hdr = (volatile u32 *)REQ;
+    hdr[0] = type; hdr[1] = 0; *(volatile u64 *)(REQ + 8) = sector;
+    *(volatile u8 *)(REQ + 16) = 0xff;
+    d[0].addr = REQ; d[0].len = 16; d[0].flags = 1; d[0].next = 1;
+    d[1].addr = DATA; d[1].len = 512; d[1].flags = 1 | (type == 0 ? 2 : 0); d[1].next = 2;
+    d[2].addr = REQ + 16; d[2].len = 1; d[2].flags = 2; d[2].next = 0;
+    volatile u16 *avail = (volatile u16 *)QAVAIL;
+    avail[2 + (avail_idx % 8)] = 0;
+    __asm__ volatile("mfence" ::: "memory");
+    avail[1] = ++avail_idx;
+    __asm__ volatile("mfence" ::: "memory");
+    wr32(VB + 0x50, 0);
+    volatile u16 *used = (volatile u16 *)QUSED;
+    for (u64 spin = 0; used[1] != avail_idx; spin++)
+        if (spin > 100000000ull) { puts("BLK timeout\n"); return -1; }
+    u32 isr = rd32(VB + 0x60);
+    wr32(VB + 0x64, isr);
+    puts("BLK isr="); putdec(isr); putc('\n');
+    return *(volatile u8 *)(REQ + 16);
+}
+
+static void blk(void) {
+    if (rd32(VB) != 0x74726976 || rd32(VB + 4) != 2 || rd32(VB + 8) != 2) {
+        puts("BLK no device\n");
+        return;
+    }
+    wr32(VB + 0x70, 0);
+    wr32(VB + 0x70, 1);
+    wr32(VB + 0x70, 3);
+    wr32(VB + 0x24, 1); wr32(VB + 0x20, 1); /* VIRTIO_F_VERSION_1 */
+    wr32(VB + 0x24, 0); wr32(VB + 0x20, 0);
+    wr32(VB + 0x70, 11);
+    if (!(rd32(VB + 0x70) & 8)) { puts("BLK features refused\n"); return; }
+    u64 cap = rd32(VB + 0x100) | ((u64)rd32(VB + 0x104) << 32);
+    puts("BLK capacity="); putdec(cap); putc('\n');
+    wr32(VB + 0x30, 0);
+    if (rd32(VB + 0x34) < 8) { puts("BLK queue too small\n"); return; }
+    wr32(VB + 0x38, 8);
+    wr32(VB + 0x80, (u32)QDESC); wr32(VB + 0x84, 0);
+    wr32(VB + 0x90, (u32)QAVAIL); wr32(VB + 0x94, 0);
+    wr32(VB + 0xa0, (u32)QUSED); wr32(VB + 0xa4, 0);
+    wr32(VB + 0x44, 1);
+    wr32(VB + 0x70, 15);
+    /* read sector 0 */
+    if (blk_io(0, 0) != 0) { puts("BLK read failed\n"); return; }
+    puts("BLK0=");
+    for (int i = 0; i < 16; i++) { char c = *(volatile char *)(DATA + i); putc(c >= 32 && c < 127 ? c : '.'); }
+    putc('\n');
+    /* write sector 1 */
+    const char *msg = "written by the KVM test guest";
+    for (int i = 0; i < 512; i++) *(volatile u8 *)(DATA + i) = 0;
+    for (int i = 0; msg[i]; i++) *(volatile u8 *)(DATA + i) = msg[i];
+    if (blk_io(1, 1) != 0) { puts("BLK write failed\n"); return; }
+    /* read it back */
+    for (int i = 0; i < 512; i++) *(volatile u8 *)(DATA + i) = 0;
+    if (blk_io(0, 1) != 0) { puts("BLK reread failed\n"); return; }
+    puts("BLK1=");
+    for (int i = 0; msg[i]; i++) putc(*(volatile char *)(DATA + i));
+    putc('\n');
+    puts("BLK OK\n");
+}
+
+void main64(void) {
+    const char *cmd;
+    u64 initrd = 0, initrd_size = 0;
+    if (start_info) {
+        puts("ENTRY=pvh\n");
+        cmd = (const char *)*(volatile u64 *)(start_info + 24);
+        if (rd32(start_info + 12) >= 1) {
+            u64 m = *(volatile u64 *)(start_info + 16);
+            initrd = *(volatile u64 *)m;
+            initrd_size = *(volatile u64 *)(m + 8);
+        }
+    } else {
+        puts("ENTRY=linux64\n");
+        cmd = (const char *)(u64)rd32(boot_params + 0x228);
+        initrd = rd32(boot_params + 0x218);
+        initrd_size = rd32(boot_params + 0x21c);
+        puts("E820="); putdec(*(volatile u8 *)(boot_params + 0x1e8)); putc('\n');
+    }
+    puts("CMDLINE="); puts(cmd); putc('\n');
+    if (initrd_size) {
+        puts("INITRD="); puthex(initrd); putc(','); putdec(initrd_size);
+        putc(','); puthex(fnv(initrd, initrd_size)); putc('\n');
+    }
+    if (has_word(cmd, "test=smp")) smp();
+    if (has_word(cmd, "test=blk")) blk();
+    if (has_word(cmd, "test=triple")) {
+        puts("TRIPLE\n");
+        struct { u16 lim; u64 base; } __attribute__((packed)) idt = {0, 0};
+        __asm__ volatile("lidt %0; ud2" ::"m"(idt));
+    }
+    if (has_word(cmd, "test=spin")) {
+        volatile u64 *ctr = (volatile u64 *)0x6f00;
+        puts("SPIN\n");
+        for (;;) (*ctr)++;
+    }
+    puts("DONE\n");
+    poweroff();
+}
+
+__attribute__((used, aligned(16))) u8 stack[16384];
+
+__attribute__((section(".text.entry"), naked, noreturn)) void _start(void) {
+    __asm__ volatile(
+        "mov %%rsi, boot_params(%%rip)\n"
+        "lea stack+16384(%%rip), %%rsp\n"
+        "call main64\n"
+        "1: hlt\n jmp 1b\n" ::: "memory");
+}
+
+#ifdef PVH
+/* PVH: 32-bit protected mode, paging off, EBX = hvm_start_info. Enable the
+ * identity page tables the VMM wrote at 0x9000 and jump to long mode. */
+__asm__(".code32\n"
+        ".globl pvh_start\n"
+        "pvh_start:\n"
+        "  mov %ebx, start_info\n"
+        "  mov $0x9000, %eax\n"
+        "  mov %eax, %cr3\n"
+        "  mov %cr4, %eax\n"
+        "  or $0x20, %eax\n"
+        "  mov %eax, %cr4\n"
+        "  mov $0xc0000080, %ecx\n"
+        "  rdmsr\n"
+        "  or $0x100, %eax\n"
+        "  wrmsr\n"
+        "  mov %cr0, %eax\n"
+        "  or $0x80000000, %eax\n"
+        "  mov %eax, %cr0\n"
+        "  ljmp $0x08, $pvh64\n"
+        ".code64\n"
+        "pvh64:\n"
+        "  lea stack+16384(%rip), %rsp\n"
+        "  call main64\n"
+        "2: hlt\n"
+        "  jmp 2b\n"
+        ".section .note.pvh, \"a\"\n"
+        ".p2align 2\n"
+        ".long 4, 4, 18\n"
+        ".asciz \"Xen\"\n"
+        ".long pvh_start\n"
+        ".text\n");
+#endif
