@@ -272,6 +272,29 @@ impl Qcow2 {
                 return Ok(cur);
             }
         }
+        // Continue across the cluster boundary when the next clusters are
+        // free (qemu packs compressed data the same way).
+        if cur != 0 {
+            let c = cur >> self.cluster_bits;
+            let rc = self.get_refcount(c)?;
+            let extra = ((cur & (cs - 1)) + len).div_ceil(cs) - 1;
+            if extra > 0 && rc > 0 && rc < self.max_refcount() && self.free_hint == c + 1 {
+                let next = self.alloc_clusters(extra)?;
+                if next == (c + 1) << self.cluster_bits {
+                    self.update_refcount(c, 1)?;
+                    let end = cur + len;
+                    self.compress_cursor = if end & (cs - 1) == 0 { 0 } else { end };
+                    return Ok(cur);
+                }
+                // Not contiguous after all: use the new clusters if enough.
+                if extra * cs >= len {
+                    let end = next + len;
+                    self.compress_cursor = if end & (cs - 1) == 0 { 0 } else { end };
+                    return Ok(next);
+                }
+                self.free_clusters(next, extra)?;
+            }
+        }
         let n = len.div_ceil(cs);
         let host = self.alloc_clusters(n)?;
         let next = host + len;
