@@ -32,13 +32,21 @@ pub struct Kvm {
 }
 
 impl Kvm {
-    /// Opens /dev/kvm, saying what to do when it is missing or not ours.
+    /// Opens /dev/kvm (or `$FERRO_KVM_DEVICE`, for tests), saying what to
+    /// do when it is missing or not ours.
     pub fn open() -> Result<Self> {
-        let sys = KvmSys::new().map_err(|e| {
+        let path = std::env::var_os("FERRO_KVM_DEVICE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/dev/kvm".into());
+        let p = path.display();
+        use std::os::unix::ffi::OsStrExt;
+        let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| Error::Unavailable(format!("bad KVM device path {p}")))?;
+        let sys = KvmSys::new_with_path(&cpath).map_err(|e| {
             Error::Unavailable(match e.errno() {
-                libc::ENOENT | libc::ENODEV | libc::ENXIO => "/dev/kvm does not exist: this host has no KVM (no VT-x/AMD-V, or the kvm module is not loaded); use --accel emu".into(),
-                libc::EACCES | libc::EPERM => "/dev/kvm: permission denied (add your user to the kvm group, or run as root); or use --accel emu".into(),
-                _ => format!("cannot open /dev/kvm: {e}; use --accel emu"),
+                libc::ENOENT | libc::ENODEV | libc::ENXIO => format!("{p} does not exist: this host has no KVM (no VT-x/AMD-V, or the kvm module is not loaded); use --accel emu"),
+                libc::EACCES | libc::EPERM => format!("{p}: permission denied (add your user to the kvm group, or run as root); or use --accel emu"),
+                _ => format!("cannot open {p}: {e}; use --accel emu"),
             })
         })?;
         if sys.get_api_version() != kvm_bindings::KVM_API_VERSION as i32 {
