@@ -75,6 +75,10 @@ impl Qcow2 {
             let sl1 = self.read_l1(sn.l1_table_offset, sn.l1_size)?;
             self.scan_tree(&mut s, &sl1, false, limit)?;
         }
+        // Persistent dirty bitmaps, while their autoclear bit says valid.
+        if let (Some((dir_off, dir_size, nb)), true) = (self.h.bitmaps, self.h.autoclear & 1 != 0) {
+            self.scan_bitmaps(&mut s, dir_off, dir_size, nb, file_len, limit)?;
+        }
         s.inc(
             bits,
             limit,
@@ -103,6 +107,56 @@ impl Qcow2 {
             s.inc(bits, limit, off, cs);
         }
         Ok(s)
+    }
+
+    fn scan_bitmaps(
+        &mut self,
+        s: &mut Scan,
+        dir_off: u64,
+        dir_size: u64,
+        nb: u32,
+        file_len: u64,
+        limit: u64,
+    ) -> Result<()> {
+        let bits = self.cluster_bits;
+        if dir_size > (16 << 20) || dir_off.checked_add(dir_size).is_none_or(|e| e > file_len) {
+            s.report.corruptions += 1;
+            s.report
+                .messages
+                .push("ERROR bitmap directory lies outside the image".to_string());
+            return Ok(());
+        }
+        s.inc(bits, limit, dir_off, dir_size);
+        let mut dir = vec![0u8; dir_size as usize];
+        pread(&self.file, &self.path, &mut dir, dir_off)?;
+        let mut p = 0usize;
+        for _ in 0..nb {
+            if p + 24 > dir.len() {
+                break;
+            }
+            let table_off = super::be64_at(&dir, p);
+            let table_size = u32::from_be_bytes(dir[p + 8..p + 12].try_into().unwrap()) as u64;
+            let name_size = u16::from_be_bytes(dir[p + 18..p + 20].try_into().unwrap()) as usize;
+            let extra = u32::from_be_bytes(dir[p + 20..p + 24].try_into().unwrap()) as usize;
+            p += (24 + extra + name_size).next_multiple_of(8);
+            if table_size * 8 > (64 << 20) || table_off + table_size * 8 > file_len {
+                s.report.corruptions += 1;
+                s.report.messages.push(format!(
+                    "ERROR bitmap table at {table_off:#x} lies outside the image"
+                ));
+                continue;
+            }
+            s.inc(bits, limit, table_off, table_size * 8);
+            let mut t = vec![0u8; (table_size * 8) as usize];
+            pread(&self.file, &self.path, &mut t, table_off)?;
+            for k in 0..table_size as usize {
+                let off = super::be64_at(&t, k * 8) & L2E_OFFSET_MASK;
+                if off != 0 {
+                    s.inc(bits, limit, off, self.cs);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn scan_tree(&mut self, s: &mut Scan, l1: &[u64], active: bool, limit: u64) -> Result<()> {

@@ -113,6 +113,7 @@ pub(crate) fn create(path: &Path, p: &Params) -> Result<()> {
         backing_format: p.backing_format.clone(),
         unknown_ext: Vec::new(),
         feature_names: Vec::new(),
+        bitmaps: None,
     };
     let head = h.serialize_best()?;
     let mut img = vec![0u8; (total * cs) as usize];

@@ -57,6 +57,9 @@ pub struct Header {
     pub unknown_ext: Vec<(u32, Vec<u8>)>,
     /// Feature names from the image's table: (type, bit, name).
     pub feature_names: Vec<(u8, u8, String)>,
+    /// Bitmaps extension: (directory offset, directory size, count). The
+    /// extension itself is kept verbatim in `unknown_ext`.
+    pub bitmaps: Option<(u64, u64, u32)>,
 }
 
 fn be32(b: &[u8], off: usize) -> u32 {
@@ -116,6 +119,7 @@ impl Header {
             backing_format: None,
             unknown_ext: Vec::new(),
             feature_names: Vec::new(),
+            bitmaps: None,
         };
         let crypt = be32(buf, 32);
         if version == 3 {
@@ -178,8 +182,14 @@ impl Header {
                 }
                 EXT_DATA_FILE => has_data_file = true,
                 EXT_BITMAPS => {
-                    // Bitmaps are not maintained: dropped from the header on
-                    // rewrite, and their autoclear bit cleared on writable open.
+                    // Not maintained: kept verbatim, and the autoclear bit is
+                    // cleared on a writable open (the spec's rule for writers
+                    // that do not update bitmaps). `check` still counts their
+                    // clusters while that bit is set.
+                    if data.len() >= 24 {
+                        h.bitmaps = Some((be64(data, 16), be64(data, 8), be32(data, 0)));
+                    }
+                    h.unknown_ext.push((ty, data.to_vec()));
                 }
                 _ => h.unknown_ext.push((ty, data.to_vec())),
             }
@@ -422,6 +432,7 @@ mod tests {
             backing_format: Some("qcow2".into()),
             unknown_ext: vec![(0xdead_beef, b"keep me".to_vec())],
             feature_names: Vec::new(),
+            bitmaps: None,
         }
     }
 
