@@ -32,6 +32,9 @@ pub struct HartShared {
     pub attention: AtomicBool,
     pub lock: Mutex<()>,
     pub cv: Condvar,
+    /// pc and mode as of the last block-end service, for RISCV_EMU_TRACE.
+    pub debug_pc: AtomicU64,
+    pub debug_cause: AtomicU64,
 }
 
 impl HartShared {
@@ -42,6 +45,8 @@ impl HartShared {
             attention: AtomicBool::new(false),
             lock: Mutex::new(()),
             cv: Condvar::new(),
+            debug_pc: AtomicU64::new(0),
+            debug_cause: AtomicU64::new(0),
         }
     }
     /// Flags attention and wakes the hart if it sleeps in WFI.

@@ -266,10 +266,17 @@ impl Hart {
         }
         let old = self.csr_read(csr).ok_or(ill)?;
         if write {
+            // Read-modify-write of mip sees only the software SEIP bit, not the
+            // PLIC's line (else `csrs mip, SSIP` would latch SEIP forever).
+            let base = if csr == 0x344 {
+                (old & !MIP_SEIP) | (self.mip_local & MIP_SEIP)
+            } else {
+                old
+            };
             let new = match f3 & 3 {
                 1 => src,
-                2 => old | src,
-                _ => old & !src,
+                2 => base | src,
+                _ => base & !src,
             };
             self.csr_write(csr, new).ok_or(ill)?;
         }

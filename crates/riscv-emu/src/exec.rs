@@ -11,6 +11,8 @@ use crate::tlb::{LOAD, STORE};
 use crate::trap::*;
 
 const BOX32: u64 = 0xffff_ffff_0000_0000;
+/// Zihintpause `pause` (a FENCE W,0 hint).
+const PAUSE: u32 = 0x0100_000f;
 
 impl Hart {
     #[inline(always)]
@@ -153,6 +155,12 @@ impl Hart {
             }),
             Fence => {
                 std::sync::atomic::fence(Ordering::SeqCst);
+                if i.raw == PAUSE {
+                    // A spin-wait hint (Linux cpu_relax): let a descheduled
+                    // hart (perhaps the lock holder) run when harts outnumber
+                    // host CPUs.
+                    std::thread::yield_now();
+                }
                 next
             }
             FenceI => {

@@ -240,6 +240,12 @@ impl Hart {
         self.budget = BUDGET;
         self.check = false;
         hs.attention.store(false, Ordering::Relaxed);
+        hs.debug_pc
+            .store(self.pc | self.mode as u64, Ordering::Relaxed);
+        hs.debug_cause.store(
+            (self.scause << 8) ^ (self.mcause & 0xff) ^ (self.read_mip() << 32),
+            Ordering::Relaxed,
+        );
         loop {
             let mip = self.read_mip();
             if self.wfi {

@@ -287,6 +287,30 @@ impl Cpus {
     pub fn run(&mut self, bus: Arc<dyn SystemBus>) -> ExitReason {
         let sh = self.sh.clone();
         std::thread::scope(|s| {
+            // RISCV_EMU_TRACE=SECS: print every hart's pc (low bits: mode) periodically.
+            if let Some(secs) = std::env::var("RISCV_EMU_TRACE")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                let sh = sh.clone();
+                s.spawn(move || {
+                    while !sh.exit_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
+                        let pcs: Vec<String> = sh
+                            .harts
+                            .iter()
+                            .map(|h| {
+                                format!(
+                                    "{:#x}/{:#x}",
+                                    h.debug_pc.load(std::sync::atomic::Ordering::Relaxed),
+                                    h.debug_cause.load(std::sync::atomic::Ordering::Relaxed)
+                                )
+                            })
+                            .collect();
+                        eprintln!("riscv-emu: hart pcs {}", pcs.join(" "));
+                    }
+                });
+            }
             for (hart, cache) in self.harts.iter_mut() {
                 let bus = bus.clone();
                 let hsh = sh.clone();

@@ -67,3 +67,10 @@ fn fd_rounding_flags_nan_boxing() {
 fn zifencei_self_modifying_code() {
     pass("smc", 1);
 }
+
+/// External interrupt lines as the PLIC drives them (IrqHandle), mip/sip views
+/// and the rule that CSR read-modify-writes of mip see only the software SEIP.
+#[test]
+fn external_interrupt_lines() {
+    pass("extirq", 1);
+}

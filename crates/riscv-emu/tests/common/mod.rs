@@ -94,9 +94,12 @@ pub fn build(name: &str) -> Program {
 }
 
 /// A scratch MMIO register file for tests: 8 u64 registers at 0x1000_0000.
+/// Writing register 7 (0x1000_0038) drives hart 0's external interrupt lines:
+/// bit 0 = S-level (SEIP), bit 1 = M-level (MEIP), like a PLIC would.
 pub struct TestBus {
     pub aclint: Arc<Mutex<dyn devices::BusDevice>>,
     pub regs: Mutex<[u64; 8]>,
+    pub irq: IrqHandle,
 }
 
 impl SystemBus for TestBus {
@@ -127,6 +130,12 @@ impl SystemBus for TestBus {
         }
         if (0x1000_0000..0x1000_0040).contains(&addr) && addr & 7 == 0 {
             self.regs.lock().unwrap()[((addr - 0x1000_0000) / 8) as usize] = value;
+            if addr == 0x1000_0038 {
+                self.irq
+                    .set_external(0, IrqContext::Supervisor, value & 1 != 0);
+                self.irq
+                    .set_external(0, IrqContext::Machine, value & 2 != 0);
+            }
             return true;
         }
         false
@@ -168,6 +177,7 @@ pub fn run_in_mode(p: &Program, harts: usize, limit: Duration, mode: Mode) -> Ou
     let bus = Arc::new(TestBus {
         aclint: cpus.aclint(),
         regs: Mutex::new([0; 8]),
+        irq: cpus.irq_handle(),
     });
     let ctl = cpus.control();
     let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
