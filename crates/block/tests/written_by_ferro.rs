@@ -8,6 +8,17 @@ use block::{create, Compat, CompressionType, CreateOptions, Format};
 use common::*;
 
 fn run(name: &str, opts: CreateOptions, size: u64, w: Workload, seed: u64) {
+    run_with(name, opts, size, w, seed, &block::OpenOptions::default())
+}
+
+fn run_with(
+    name: &str,
+    opts: CreateOptions,
+    size: u64,
+    w: Workload,
+    seed: u64,
+    open: &block::OpenOptions,
+) {
     let dir = tempdir();
     let img = dir.path().join(format!("{name}.qcow2"));
     create(
@@ -21,7 +32,7 @@ fn run(name: &str, opts: CreateOptions, size: u64, w: Workload, seed: u64) {
     .unwrap();
     assert_qemu_check_clean(&img);
     let seed = seed_from_env(seed);
-    let reference = run_workload(&img, seed, w, vec![0u8; size as usize]);
+    let reference = run_workload_with(&img, seed, w, vec![0u8; size as usize], open);
     assert_qemu_check_clean(&img);
     assert_qemu_equal(dir.path(), &img, &reference);
 }
@@ -151,4 +162,29 @@ fn zstd_compressed() {
         ..Default::default()
     };
     run("zstd", o, 16 << 20, W, 9);
+}
+
+#[test]
+fn tiny_caches_evict_in_order() {
+    // 4 L2 tables and 4 refcount blocks of 512 bytes for a 4 MiB disk
+    // (128 L2 tables): every path that writes back a dirty victim runs.
+    let o = CreateOptions {
+        cluster_size: Some(512),
+        ..Default::default()
+    };
+    let open = block::OpenOptions {
+        l2_cache_size: Some(16 * 512),
+        ..Default::default()
+    };
+    run_with(
+        "tiny",
+        o,
+        4 << 20,
+        Workload {
+            max_len: 16 << 10,
+            ..W
+        },
+        10,
+        &open,
+    );
 }

@@ -192,7 +192,12 @@ impl Qcow2 {
                 .max(4),
         };
         let rb_entries = cs * 8 / refcount_bits as u64;
-        let rc_tables = ((4u64 << 20) / cs).clamp(16, 1024);
+        // Refcount blocks: 1/4 of an explicit L2 cache (qemu's ratio), else
+        // up to 4 MiB.
+        let rc_tables = match l2_cache_bytes {
+            Some(b) => (b / cs / 4).max(4),
+            None => ((4u64 << 20) / cs).clamp(16, 1024),
+        };
         let compression = if h.compression_type == 1 {
             CompressionType::Zstd
         } else {

@@ -109,8 +109,20 @@ pub struct Workload {
 /// Applies a seeded random write/discard/zero/(snapshot) workload to the
 /// image at `path`, mirrored in `reference`. Reopens the image now and
 /// then. Returns the reference.
-pub fn run_workload(path: &Path, seed: u64, w: Workload, mut reference: Vec<u8>) -> Vec<u8> {
+pub fn run_workload(path: &Path, seed: u64, w: Workload, reference: Vec<u8>) -> Vec<u8> {
+    run_workload_with(path, seed, w, reference, &OpenOptions::default())
+}
+
+/// `run_workload` with explicit open options (e.g. tiny caches).
+pub fn run_workload_with(
+    path: &Path,
+    seed: u64,
+    w: Workload,
+    mut reference: Vec<u8>,
+    opts: &OpenOptions,
+) -> Vec<u8> {
     eprintln!("workload on {} with seed {seed} ({w:?})", path.display());
+    let open_rw = |p: &Path| Image::open(p, opts).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut img = open_rw(path);
     let size = img.size();
