@@ -283,7 +283,15 @@ impl Hart {
         if rd != 0 {
             self.x[rd] = old;
         }
-        self.check = true;
+        // Writes that can make an interrupt takeable: look at block end.
+        if write
+            && matches!(
+                csr,
+                0x100 | 0x104 | 0x144 | 0x14d | 0x300 | 0x303 | 0x304 | 0x30a | 0x344
+            )
+        {
+            self.check = true;
+        }
         Ok(())
     }
 }
