@@ -110,4 +110,6 @@ pub trait Vcpu: Send {
     /// Called on the thread that will run this vCPU, before the first run:
     /// lets a kick signal reach this vCPU's `immediate_exit`.
     fn bind_thread(&mut self);
+    /// A one-line register summary for diagnostics.
+    fn describe(&self) -> String;
 }

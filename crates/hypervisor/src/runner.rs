@@ -286,6 +286,9 @@ fn vcpu_thread(i: usize, mut vcpu: Box<dyn Vcpu>, ctl: &VmControl, pio: &Bus, mm
             }),
         }
     }
+    if std::env::var_os("FERRO_KVM_DUMP").is_some() {
+        eprint!("\r\nferro: {}\r\n", vcpu.describe());
+    }
     let mut st = ctl.lock();
     st.threads[i] = None;
     st.live -= 1;

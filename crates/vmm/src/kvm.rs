@@ -139,6 +139,18 @@ fn run_machine(vm: &dyn Vm, m: Machine, control: Arc<VmControl>) -> Result<i32> 
     );
     let running = runner::start(control, vcpus, m.pio.clone(), m.mmio.clone())
         .context("cannot start vCPU threads")?;
+    if let Some(secs) = std::env::var("FERRO_KVM_STOP_AFTER")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        // Diagnostics: stop after a while (with FERRO_KVM_DUMP, print where
+        // each vCPU was).
+        let ctl = running.control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            ctl.request_exit(VmExit::Stopped);
+        });
+    }
     let why = running.join();
     drop(_raw);
     match why {

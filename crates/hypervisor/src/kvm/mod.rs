@@ -230,6 +230,16 @@ impl Vcpu for KvmVcpu {
         KVM_RUN.with(|r| r.set(p));
     }
 
+    fn describe(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "vCPU {}: rip={:#x} rsp={:#x} rax={:#x} rbx={:#x} rbp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+                self.id, r.rip, r.rsp, r.rax, r.rbx, r.rbp, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("vCPU {}: registers unavailable: {e}", self.id),
+        }
+    }
+
     fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(on as u8);
     }
