@@ -166,9 +166,15 @@ impl DefaultGuest {
         }
         let g = Self::at(dir);
         let stamp = g.dir.join("initramfs.stamp");
-        if std::fs::read_to_string(&stamp).unwrap_or_default() != initramfs_stamp() {
+        let current = || std::fs::read_to_string(&stamp).unwrap_or_default() == initramfs_stamp();
+        if !current() {
+            // Several ferro processes may notice at once: one rebuilds.
+            let _lock = Lock::take(&cache_dir()?.join(".lock"))?;
+            if current() {
+                return Ok(g);
+            }
             let img = g.initramfs(DEFAULT_INIT, &[])?;
-            let tmp = g.dir.join("initramfs.tmp");
+            let tmp = g.dir.join(format!("initramfs.tmp{}", std::process::id()));
             std::fs::write(&tmp, img)?;
             std::fs::rename(&tmp, &g.initrd)?;
             std::fs::write(&stamp, initramfs_stamp())?;
@@ -223,8 +229,26 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-for m in $(cat /lib/modules/load-order); do
-    insmod /lib/modules/$m.ko 2>/dev/null
+# Modules load on demand (each costs seconds under emulation): the virtio
+# transport always, then drivers for the virtio devices actually present.
+# `ferro.modules=all` on the command line loads every module.
+modload() {
+    [ -d "/sys/module/$1" ] && return 0
+    for d in $(sed -n "s/^$1://p" /lib/modules/deps); do modload "$d"; done
+    [ -f "/lib/modules/$1.ko" ] && insmod "/lib/modules/$1.ko" 2>/dev/null
+    return 0
+}
+if grep -q 'ferro.modules=all' /proc/cmdline; then
+    for m in $(cat /lib/modules/load-order); do modload "$m"; done
+fi
+modload virtio_mmio
+for dev in /sys/bus/virtio/devices/*; do
+    [ -r "$dev/device" ] || continue
+    case $(cat "$dev/device") in
+        0x0001) modload virtio_net ;;
+        0x0002) modload virtio_blk; modload crc32c_generic; modload ext4 ;;
+        0x0004) modload virtio_rng ;;
+    esac
 done
 hostname ferro
 
@@ -239,6 +263,7 @@ for a in $(cat /proc/cmdline); do
     esac
 done
 if [ -n "$root" ]; then
+    modload "$fstype"
     n=0
     while [ ! -b "$root" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
     mkdir -p /newroot
@@ -332,6 +357,12 @@ pub fn build_initramfs(
         order.push('\n');
     }
     c.file("/lib/modules/load-order", 0o644, order.as_bytes());
+    // Direct dependencies, `name: dep dep`, for the init's on-demand loader.
+    let deps: String = modules
+        .iter()
+        .map(|(name, data)| format!("{name}: {}\n", modules::depends(data).join(" ")))
+        .collect();
+    c.file("/lib/modules/deps", 0o644, deps.as_bytes());
     for (path, mode, data) in extra {
         c.file(path, *mode, data);
     }
@@ -342,7 +373,7 @@ pub fn build_initramfs(
 pub fn ensure() -> Result<DefaultGuest> {
     match DefaultGuest::cached() {
         Ok(g) => Ok(g),
-        Err(_) => fetch(),
+        Err(_) => fetch_locked(false),
     }
 }
 
@@ -422,10 +453,22 @@ impl Lock {
 
 /// Downloads the packages and (re)builds the cached default guest.
 pub fn fetch() -> Result<DefaultGuest> {
+    fetch_locked(true)
+}
+
+fn fetch_locked(force: bool) -> Result<DefaultGuest> {
     let cache = cache_dir()?;
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("cannot create {}", cache.display()))?;
-    let _lock = Lock::take(&cache.join(".lock"))?;
+    let lock = Lock::take(&cache.join(".lock"))?;
+    // Another ferro may have fetched while we waited for the lock.
+    if !force {
+        drop(lock);
+        if let Ok(g) = DefaultGuest::cached() {
+            return Ok(g);
+        }
+        return fetch_locked(true);
+    }
     let mut p = Progress::new(5);
     let mirror = apt::host_mirror()?;
     let apt = apt::Apt::new(&cache.join("apt"), &mirror)?;
