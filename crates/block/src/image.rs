@@ -854,4 +854,19 @@ impl Image {
             Kind::Qcow2(q) => q.in_place_host(offset, len),
         }
     }
+
+    /// For a qcow2 range inside one cluster that reads as zero and owns no
+    /// host cluster, while the image grows into fresh (zero-reading) file
+    /// space: allocates and maps a cluster and returns the host offset
+    /// where the caller must then write the data itself (the range reads
+    /// as zero until it does). `None`: use `write_at`. Meant for parallel
+    /// writers (`ferro img bench`); the mapping reaches the disk at the
+    /// next `flush`, after the caller's data write has been issued.
+    pub fn alloc_in_place(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        check_range(self.size(), offset, len)?;
+        match &mut self.kind {
+            Kind::Raw(_) => Ok(None),
+            Kind::Qcow2(q) => q.alloc_fresh_host(offset, len),
+        }
+    }
 }

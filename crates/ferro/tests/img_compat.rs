@@ -79,6 +79,10 @@ fn info_agrees(img: &str) {
     let fh = stdout(&ok(ferro(&["info", img])));
     let qh = stdout(&ok(qemu_img(&["info", img])));
     assert_eq!(fh, qh, "human info {img}");
+    // And the allocation map, as scripts see it.
+    let fm = stdout(&ok(ferro(&["map", "--output=json", img])));
+    let qm = stdout(&ok(qemu_img(&["map", "--output=json", img])));
+    assert_eq!(fm, qm, "map --output=json {img}");
 }
 
 #[test]
@@ -217,6 +221,9 @@ fn lazy_refcounts_dirty() {
     let fv = raw_by_ferro(&img, d.path());
     let qv = raw_by_qemu(&img, d.path());
     assert_same("dirty lazy-refcount image", &fv, &qv);
+    let fm = stdout(&ok(ferro(&["map", "--output=json", &img])));
+    let qm = stdout(&qemu_img(&["map", "--output=json", "-U", &img]));
+    assert_eq!(fm, qm, "map of the dirty image");
     assert!(fv[..MIB as usize].iter().all(|&b| b == 0x5a));
 }
 

@@ -201,7 +201,7 @@ pub fn run_bench(
     // Without O_DIRECT every request is served from the host page cache: a
     // tight loop on one thread beats a pool (2 cores, no I/O latency to hide).
     let threads = if bp.direct {
-        bp.depth.min(32) as usize
+        bp.depth.min(64) as usize
     } else {
         1
     };
@@ -255,13 +255,27 @@ pub fn run_bench(
                         }
                         let off = req_offset(bp, size, i);
                         let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        let r = match g.in_place_mapping(off, bp.bufsize) {
-                            Ok(Some(host)) if aligned_len && host % 512 == 0 => {
+                        // O_DIRECT needs 512-byte alignment; cluster offsets
+                        // are aligned, so the host offset is iff `off` is.
+                        let direct_ok = aligned_len && off.is_multiple_of(512);
+                        let mapped = if direct_ok {
+                            match g.in_place_mapping(off, bp.bufsize) {
+                                Ok(Some(h)) => Ok(Some(h)),
+                                // A fresh cluster: mapped under the lock,
+                                // data written outside it (as qemu does).
+                                Ok(None) => g.alloc_in_place(off, bp.bufsize),
+                                Err(e) => Err(e),
+                            }
+                        } else {
+                            Ok(None)
+                        };
+                        let r = match mapped {
+                            Ok(Some(host)) => {
                                 drop(g);
                                 file.write_all_at(buf, host)
                                     .map_err(|e| format!("Failed request: {}", crate::io_text(&e)))
                             }
-                            Ok(_) => g.write_at(buf, off).map_err(err),
+                            Ok(None) => g.write_at(buf, off).map_err(err),
                             Err(e) => Err(err(e)),
                         };
                         let r = r.and_then(|()| {

@@ -16,6 +16,7 @@ use std::path::Path;
 pub mod bench;
 pub mod crashtest;
 mod create;
+pub mod fuzzing;
 pub mod getopt;
 pub mod human;
 mod info;

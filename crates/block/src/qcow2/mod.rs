@@ -1539,4 +1539,47 @@ impl Qcow2 {
         }
         Ok(Some((e & L2E_OFFSET_MASK) + in_c))
     }
+
+    /// Like the sequential-write fast path (`write_fresh_run`) for one
+    /// cluster, minus the data write: when `[off, off+len)` lies in one
+    /// cluster that reads as zero and owns no host cluster, and fresh file
+    /// space (which reads as zero) is being allocated, maps a new cluster
+    /// and returns the host offset where the caller must write the data.
+    /// Until it does, the range keeps reading as zero.
+    pub(crate) fn alloc_fresh_host(&mut self, off: u64, len: u64) -> Result<Option<u64>> {
+        if len == 0 || self.read_only {
+            return Ok(None);
+        }
+        let gc = off >> self.cluster_bits;
+        let in_c = off & (self.cs - 1);
+        if in_c + len > self.cs || (self.free_hint << self.cluster_bits) < self.fresh_from {
+            return Ok(None);
+        }
+        let slot = self.l2_for_write(gc)?;
+        let idx = self.l2_index(gc);
+        let (e, old_bm) = self.l2_get(slot, idx);
+        let ok = e & (COMPRESSED | L2E_OFFSET_MASK) == 0
+            && if self.extl2 {
+                old_bm == ALL_ZERO || (old_bm == 0 && self.below_is_zero(gc))
+            } else {
+                e & ZERO != 0 && self.h.version >= 3 || self.below_is_zero(gc)
+            };
+        if !ok {
+            return Ok(None);
+        }
+        self.mark_dirty_if_lazy()?;
+        let host = self.alloc_clusters(1)?;
+        self.note_written(host + in_c, len);
+        let bm = if self.extl2 {
+            let s0 = in_c >> self.sc_bits;
+            let s1 = (in_c + len - 1) >> self.sc_bits;
+            let touched = ((1u64 << (s1 - s0 + 1)) - 1) << s0;
+            let zero = (old_bm >> 32) & !touched & 0xffff_ffff;
+            touched | (zero << 32)
+        } else {
+            0
+        };
+        self.l2_set(slot, idx, host | COPIED, bm);
+        Ok(Some(host + in_c))
+    }
 }
