@@ -16,7 +16,7 @@ use crate::{Mode, SystemBus};
 const BUDGET: i64 = 4096;
 /// Longest decoded block.
 const MAX_BLOCK: usize = 64;
-const CACHE_BITS: u32 = 14;
+const CACHE_BITS: u32 = 16;
 
 struct NullBus;
 impl SystemBus for NullBus {
@@ -227,8 +227,8 @@ impl Hart {
         }
         if std::env::var_os("RISCV_EMU_STATS").is_some() {
             eprintln!(
-                "hart {}: blocks built {}, icache flushes {}, code-page invalidations {}, tlb flushes {}, traps {}, chained {}, looked up {}",
-                self.id, self.stats[0], self.stats[1], self.stats[2], self.stats[3], self.stats[4], self.stats[5], self.stats[6]
+                "hart {}: blocks built {}, icache flushes {}, code-page invalidations {}, tlb flushes {}, traps {}, chained {}, looked up {}, arena clears {}",
+                self.id, self.stats[0], self.stats[1], self.stats[2], self.stats[3], self.stats[4], self.stats[5], self.stats[6], cache.clears
             );
         }
     }
@@ -361,8 +361,8 @@ const _: () = assert!(std::mem::size_of::<Cell>() == std::mem::size_of::<Insn>()
 const _: () = assert!(std::mem::size_of::<Hdr>() == HDR_CELLS * std::mem::size_of::<Cell>());
 
 pub const EMPTY: u32 = u32::MAX;
-/// Arena capacity in cells (16 MiB); when full, everything is dropped.
-const ARENA_CELLS: usize = 1 << 20;
+/// Arena capacity in cells (32 MiB, touched as used); when full, everything is dropped.
+const ARENA_CELLS: usize = 1 << 21;
 
 /// Decoded blocks keyed by physical address. A direct-mapped slot table points
 /// into an arena where each block is a header followed by its instructions, so
