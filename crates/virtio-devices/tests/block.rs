@@ -267,3 +267,40 @@ fn a_slow_disk_never_blocks_the_mmio_path() {
     assert_eq!(d.wait_used(0, T), Some((0, 513)));
     assert_eq!(d.read_bytes(b, 512), data[..512]);
 }
+
+#[test]
+fn any_layout_header_data_and_status_share_descriptors() {
+    let mut r = rig(1 << 16, BlockConfig::default());
+    // Header and write payload in one readable descriptor...
+    let new = [0x77u8; 512];
+    let a = r.d.alloc(16 + 512);
+    let mut req = header(T_OUT, 4).to_vec();
+    req.extend_from_slice(&new);
+    r.d.write_bytes(a, &req);
+    let st = r.d.alloc(1);
+    r.d.add_chain(0, &[(a, 528, false), (st, 1, true)]);
+    r.d.notify(0);
+    assert_eq!(r.d.wait_used(0, T), Some((0, 1)));
+    assert_eq!(r.d.read_bytes(st, 1)[0], S_OK);
+    // ...and read data plus status in one writable descriptor, split oddly.
+    let h = r.d.alloc(16);
+    r.d.write_bytes(h, &header(T_IN, 4));
+    let w1 = r.d.alloc(100);
+    let w2 = r.d.alloc(413);
+    r.d.add_chain(
+        0,
+        &[
+            (h, 7, false),
+            (h + 7, 9, false),
+            (w1, 100, true),
+            (w2, 413, true),
+        ],
+    );
+    r.d.notify(0);
+    let (_, len) = r.d.wait_used(0, T).unwrap();
+    assert_eq!(len, 513);
+    let mut got = r.d.read_bytes(w1, 100);
+    got.extend(r.d.read_bytes(w2, 412));
+    assert_eq!(got, new);
+    assert_eq!(r.d.read_bytes(w2 + 412, 1)[0], S_OK);
+}
