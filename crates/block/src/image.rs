@@ -837,36 +837,3 @@ pub fn convert(
     }
     dst.flush()
 }
-
-// Concurrent data I/O support (added for `ferro img bench -d N -t none`).
-impl Image {
-    /// Where guest `[offset, offset+len)` of this image can be read or
-    /// written in place in the image file (`Image::path`), with no metadata
-    /// change: `Some(host offset)` for raw images and for qcow2 ranges inside
-    /// one allocated, exclusively owned, uncompressed cluster. Callers may
-    /// then do that data I/O themselves, e.g. on several threads through
-    /// their own file handle, while other requests go through the engine
-    /// (serialized). `None` means: use `read_at`/`write_at`.
-    pub fn in_place_mapping(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
-        check_range(self.size(), offset, len)?;
-        match &mut self.kind {
-            Kind::Raw(_) => Ok(if self.read_only() { None } else { Some(offset) }),
-            Kind::Qcow2(q) => q.in_place_host(offset, len),
-        }
-    }
-
-    /// For a qcow2 range inside one cluster that reads as zero and owns no
-    /// host cluster, while the image grows into fresh (zero-reading) file
-    /// space: allocates and maps a cluster and returns the host offset
-    /// where the caller must then write the data itself (the range reads
-    /// as zero until it does). `None`: use `write_at`. Meant for parallel
-    /// writers (`ferro img bench`); the mapping reaches the disk at the
-    /// next `flush`, after the caller's data write has been issued.
-    pub fn alloc_in_place(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
-        check_range(self.size(), offset, len)?;
-        match &mut self.kind {
-            Kind::Raw(_) => Ok(None),
-            Kind::Qcow2(q) => q.alloc_fresh_host(offset, len),
-        }
-    }
-}

@@ -1,17 +1,17 @@
 //! `ferro img bench`: qemu-img bench's flags, semantics and output. Requests
 //! go to `offset + i*step` modulo the image size (qemu-img's pattern: no
-//! random offsets; a large step makes a scattered pattern). With `-d N`,
-//! up to N requests are in flight: reads run on worker threads, each with its
-//! own read-only handle on the image; writes share one handle (the engine
-//! serializes metadata updates anyway).
+//! random offsets; a large step makes a scattered pattern). With `-t none`
+//! and `-d N`, N worker threads keep up to N requests in flight through
+//! `block::SharedImage` (data of mapped clusters moves outside the engine's
+//! lock, like qemu's thread pool). Without O_DIRECT one thread runs the
+//! requests back to back: they are page-cache copies with no latency to hide.
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use block::{BlockBackend, Format, Image, OpenOptions};
+use block::{BlockBackend, Format, Image, OpenOptions, SharedImage};
 
 use crate::getopt::{long, parse, HasArg};
 use crate::{block_text, open_image, parse_cache, parse_format, CmdResult, Ctx, Fail, Open};
@@ -139,7 +139,7 @@ pub(crate) fn bench(args: &[String], ctx: &mut Ctx) -> CmdResult {
         ));
     }
     let _ = ctx.out.flush();
-    let secs = run_bench(img, filename, fmt.as_deref(), &bp).map_err(Fail::msg)?;
+    let secs = run_bench(img, &bp).map_err(Fail::msg)?;
     ctx.print(&format!("Run completed in {secs:.3} seconds.\n"));
     Ok(0)
 }
@@ -190,12 +190,7 @@ fn req_offset(bp: &BenchParams, size: u64, i: u64) -> u64 {
 }
 
 /// Runs the requests; returns the elapsed seconds.
-pub fn run_bench(
-    mut img: Image,
-    filename: &str,
-    fmt: Option<&str>,
-    bp: &BenchParams,
-) -> Result<f64, String> {
+pub fn run_bench(mut img: Image, bp: &BenchParams) -> Result<f64, String> {
     let size = img.size();
     let err = |e: block::Error| format!("Failed request: {}", block_text(&e));
     // Without O_DIRECT every request is served from the host page cache: a
@@ -205,8 +200,8 @@ pub fn run_bench(
     } else {
         1
     };
-    let t0 = Instant::now();
     if threads <= 1 {
+        let t0 = Instant::now();
         let mut buf = vec![bp.pattern; bp.bufsize as usize];
         for i in 0..bp.count {
             let off = req_offset(bp, size, i);
@@ -227,117 +222,52 @@ pub fn run_bench(
         }
         return Ok(secs);
     }
+    // Up to `depth` requests in flight, one per worker thread, through the
+    // engine's thread-safe handle: mapped (and fresh) clusters transfer
+    // outside its lock, as qemu's thread pool does.
+    let shared = SharedImage::new(img).map_err(err)?;
     let next = AtomicU64::new(0);
-    if bp.write {
-        // Requests that land in place (allocated clusters) are written by
-        // the workers themselves through their own O_DIRECT handle, in
-        // parallel, as qemu's qcow2 driver does; anything needing metadata
-        // (allocation, COW) goes through the engine under the lock.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(filename)
-            .map_err(|e| format!("Could not open '{filename}': {}", crate::io_text(&e)))?;
-        let shared = Mutex::new(img);
-        let failed: Mutex<Option<String>> = Mutex::new(None);
-        let aligned_len = bp.bufsize.is_multiple_of(512);
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    let mut mem = AlignedBuf::new(bp.bufsize as usize);
-                    mem.as_mut().fill(bp.pattern);
-                    let buf = mem.as_ref();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= bp.count {
-                            break;
-                        }
-                        let off = req_offset(bp, size, i);
-                        let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        // O_DIRECT needs 512-byte alignment; cluster offsets
-                        // are aligned, so the host offset is iff `off` is.
-                        let direct_ok = aligned_len && off.is_multiple_of(512);
-                        let mapped = if direct_ok {
-                            match g.in_place_mapping(off, bp.bufsize) {
-                                Ok(Some(h)) => Ok(Some(h)),
-                                // A fresh cluster: mapped under the lock,
-                                // data written outside it (as qemu does).
-                                Ok(None) => g.alloc_in_place(off, bp.bufsize),
-                                Err(e) => Err(e),
-                            }
-                        } else {
-                            Ok(None)
-                        };
-                        let r = match mapped {
-                            Ok(Some(host)) => {
-                                drop(g);
-                                file.write_all_at(buf, host)
-                                    .map_err(|e| format!("Failed request: {}", crate::io_text(&e)))
-                            }
-                            Ok(None) => g.write_at(buf, off).map_err(err),
-                            Err(e) => Err(err(e)),
-                        };
-                        let r = r.and_then(|()| {
+    let failed: Mutex<Option<String>> = Mutex::new(None);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut mem = AlignedBuf::new(bp.bufsize as usize);
+                mem.as_mut().fill(bp.pattern);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= bp.count {
+                        break;
+                    }
+                    let off = req_offset(bp, size, i);
+                    let r = if bp.write {
+                        shared.write_at(mem.as_ref(), off).and_then(|()| {
                             if bp.flush_interval > 0 && (i + 1).is_multiple_of(bp.flush_interval) {
-                                let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
-                                g.flush().map_err(err)
+                                shared.flush()
                             } else {
                                 Ok(())
                             }
-                        });
-                        if let Err(e) = r {
-                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                            next.store(bp.count, Ordering::Relaxed);
-                            break;
-                        }
+                        })
+                    } else {
+                        shared.read_at(mem.as_mut(), off)
+                    };
+                    if let Err(e) = r {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(err(e));
+                        next.store(bp.count, Ordering::Relaxed);
+                        break;
                     }
-                });
-            }
-        });
-        let secs = t0.elapsed().as_secs_f64();
-        let mut img = shared.into_inner().unwrap_or_else(|p| p.into_inner());
-        img.flush().map_err(err)?;
-        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
+                }
+            });
         }
-        Ok(secs)
-    } else {
-        // One read-only handle per worker (each with its own caches).
-        let format = Some(img.format());
-        let mut handles = vec![img];
-        for _ in 1..threads {
-            handles.push(
-                open_direct(filename, format.or(fmt.and_then(parse_format)), true).map_err(err)?,
-            );
-        }
-        let failed: Mutex<Option<String>> = Mutex::new(None);
-        let t0 = Instant::now();
-        std::thread::scope(|s| {
-            for mut h in handles.drain(..) {
-                let next = &next;
-                let failed = &failed;
-                s.spawn(move || {
-                    let mut buf = vec![0u8; bp.bufsize as usize];
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= bp.count {
-                            break;
-                        }
-                        if let Err(e) = h.read_at(&mut buf, req_offset(bp, size, i)) {
-                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(err(e));
-                            next.store(bp.count, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        Ok(t0.elapsed().as_secs_f64())
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
     }
+    if bp.write {
+        shared.flush().map_err(err)?;
+    }
+    Ok(secs)
 }
 
 /// A heap buffer aligned for O_DIRECT (4 KiB).
