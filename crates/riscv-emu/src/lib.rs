@@ -33,6 +33,15 @@
 //! Floating point is a software IEEE implementation (module `fpu`) with exact
 //! RISC-V flags and all rounding modes.
 //!
+//! Behaviour worth knowing: instructions are fetched from RAM only (a fetch
+//! elsewhere is an instruction access fault, so start harts directly at the
+//! firmware entry); misaligned loads/stores are done in hardware, misaligned
+//! AMO/LR/SC trap; SC succeeds when the reserved word still holds the value LR
+//! read; PMP CSRs are WARL-stored but not enforced; `pause` yields the host
+//! thread. Diagnostics: `RISCV_EMU_STATS=1` prints per-hart cache/TLB/trap
+//! counters when a run ends, `RISCV_EMU_TRACE=SECS` prints every hart's pc
+//! (low bits: privilege) every SECS seconds.
+//!
 //! Dependencies: `vm-memory` (rust-vmm guest memory, shared with the devices).
 
 // manual_is_multiple_of: the workspace MSRV (1.85) predates is_multiple_of.
