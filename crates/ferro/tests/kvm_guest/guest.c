@@ -246,13 +246,43 @@ __attribute__((section(".text.entry"), naked, noreturn)) void _start(void) {
 }
 
 #ifdef PVH
-/* PVH: 32-bit protected mode, paging off, EBX = hvm_start_info. Enable the
- * identity page tables the VMM wrote at 0x9000 and jump to long mode. */
+/* PVH: 32-bit protected mode, paging off, EBX = hvm_start_info. Build our
+ * own GDT and identity page tables (low 4 GiB: RAM and the LAPIC) and enter long mode, without
+ * relying on anything the VMM left in memory. */
+__attribute__((used, aligned(4096))) u64 pvh_pml4[512], pvh_pdpt[512], pvh_pd[4 * 512];
+__attribute__((used, aligned(16))) u64 pvh_gdt[3] = {
+    0, 0x00af9a000000ffffull, 0x00cf92000000ffffull};
+__attribute__((used)) struct { u16 lim; u32 base; } __attribute__((packed))
+    pvh_gdtr = {sizeof pvh_gdt - 1, 0};
 __asm__(".code32\n"
         ".globl pvh_start\n"
         "pvh_start:\n"
         "  mov %ebx, start_info\n"
-        "  mov $0x9000, %eax\n"
+        "  movl $pvh_gdt, pvh_gdtr+2\n"
+        "  lgdt pvh_gdtr\n"
+        "  mov $pvh_pdpt, %eax\n"
+        "  or $3, %eax\n"
+        "  mov %eax, pvh_pml4\n"
+        "  xor %ecx, %ecx\n"
+        "3:\n"
+        "  mov %ecx, %eax\n"
+        "  shl $12, %eax\n"
+        "  add $pvh_pd, %eax\n"
+        "  or $3, %eax\n"
+        "  mov %eax, pvh_pdpt(,%ecx,8)\n"
+        "  inc %ecx\n"
+        "  cmp $4, %ecx\n"
+        "  jb 3b\n"
+        "  xor %ecx, %ecx\n"
+        "1:\n"
+        "  mov %ecx, %eax\n"
+        "  shl $21, %eax\n"
+        "  or $0x83, %eax\n"
+        "  mov %eax, pvh_pd(,%ecx,8)\n"
+        "  inc %ecx\n"
+        "  cmp $2048, %ecx\n"
+        "  jb 1b\n"
+        "  mov $pvh_pml4, %eax\n"
         "  mov %eax, %cr3\n"
         "  mov %cr4, %eax\n"
         "  or $0x20, %eax\n"
@@ -262,11 +292,15 @@ __asm__(".code32\n"
         "  or $0x100, %eax\n"
         "  wrmsr\n"
         "  mov %cr0, %eax\n"
-        "  or $0x80000000, %eax\n"
+        "  or $0x80000001, %eax\n"
         "  mov %eax, %cr0\n"
         "  ljmp $0x08, $pvh64\n"
         ".code64\n"
         "pvh64:\n"
+        "  mov $0x10, %eax\n"
+        "  mov %eax, %ds\n"
+        "  mov %eax, %es\n"
+        "  mov %eax, %ss\n"
         "  lea stack+16384(%rip), %rsp\n"
         "  call main64\n"
         "2: hlt\n"
