@@ -92,6 +92,10 @@ pub struct Qcow2 {
     pub(crate) direct: Option<crate::direct::DirectIo>,
     /// qemu's cache=unsafe: never fsync (ordering of writes is kept).
     pub(crate) unsafe_cache: bool,
+    /// With O_DIRECT, the file is grown ahead of allocation (sparse) so
+    /// parallel direct writes to fresh clusters do not each extend it;
+    /// trimmed back on close. Current file length when grown, else 0.
+    pub(crate) grown_to: u64,
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -237,6 +241,7 @@ impl Qcow2 {
             repair_refs: None,
             direct: None,
             unsafe_cache: false,
+            grown_to: 0,
             h,
         };
         q.snapshots = snapshot::read_table(&q).map_err(|e| prefix_err(path, e))?;
@@ -1058,6 +1063,20 @@ impl Qcow2 {
         self.zcache = None;
         self.l2_for_write(gc)?;
         let host = self.alloc_clusters(1)?;
+        if self.direct.is_some() && host + self.cs > self.grown_to {
+            let len = self
+                .file
+                .metadata()
+                .map_err(|e| io_err(&self.path, e))?
+                .len();
+            if host + self.cs > len {
+                let to = (host + self.cs + (32 << 20)).next_multiple_of(self.cs);
+                self.file.set_len(to).map_err(|e| io_err(&self.path, e))?;
+                self.grown_to = to;
+            } else {
+                self.grown_to = len;
+            }
+        }
         let bitmap = if self.extl2 {
             let s0 = in_c >> self.sc_bits;
             let s1 = (in_c + n as u64 - 1) >> self.sc_bits;
@@ -1413,6 +1432,19 @@ impl Qcow2 {
             return Ok(());
         }
         self.flush()?;
+        if self.grown_to > 0 {
+            // Give back the sparse tail grown ahead of allocation.
+            let end = self.end_cluster * self.cs;
+            let len = self
+                .file
+                .metadata()
+                .map_err(|e| io_err(&self.path, e))?
+                .len();
+            if len > end && self.grown_to == len {
+                self.file.set_len(end).map_err(|e| io_err(&self.path, e))?;
+            }
+            self.grown_to = 0;
+        }
         if self.marked_dirty {
             self.set_incompat(self.h.incompatible & !header::INCOMPAT_DIRTY)?;
             self.marked_dirty = false;
