@@ -74,3 +74,9 @@ fn zifencei_self_modifying_code() {
 fn external_interrupt_lines() {
     pass("extirq", 1);
 }
+
+/// SC fails when another hart stored to the reserved word after the LR.
+#[test]
+fn sc_fails_after_remote_store() {
+    pass("lrsc2", 2);
+}
