@@ -9,6 +9,7 @@
 //! PIC/IOAPIC), so the builder takes a factory for its lines.
 
 pub mod boot;
+pub mod fuzzing;
 pub mod layout;
 pub mod mptable;
 
