@@ -775,65 +775,109 @@ pub fn convert(
     } else {
         COPY_CHUNK
     };
-    let mut buf = vec![0u8; chunk as usize];
-    let mut pos = 0u64;
-    const SPAN: u64 = 1 << 30;
-    while pos < size {
-        let span = SPAN.min(size - pos);
-        for x in src.block_status(pos, span)? {
-            if x.zero {
-                if !opts.target_is_zero {
-                    dst.write_zeroes(x.offset, x.length)?;
-                }
-                continue;
-            }
-            let mut p = x.offset;
-            let end = x.offset + x.length;
-            while p < end {
-                let n = if opts.compress {
-                    // Whole target clusters (the last one may be partial).
-                    let cstart = p / cs * cs;
-                    let cend = (cstart + cs).min(size);
-                    if p != cstart || cend > end {
-                        // Extent boundaries inside a cluster: copy the cluster.
-                        let m = (cend - cstart) as usize;
-                        src.read_at(&mut buf[..m], cstart)?;
-                        if !(opts.target_is_zero && is_zero(&buf[..m])) {
-                            dst.write_compressed(&buf[..m], cstart)?;
-                        }
-                        p = cend;
-                        continue;
-                    }
-                    let mut n = (end - p).min(chunk);
-                    if p + n != size {
-                        n = n / cs * cs;
-                    }
-                    n
-                } else {
-                    (end - p).min(chunk)
-                };
-                let b = &mut buf[..n as usize];
-                src.read_at(b, p)?;
-                if opts.compress {
-                    for (k, c) in b.chunks(cs as usize).enumerate() {
-                        if opts.target_is_zero && is_zero(c) {
+    // A reader thread maps and reads the source while this thread writes
+    // (qemu-img overlaps them too); buffers cycle through `free`.
+    enum Item {
+        Zero(u64, u64),
+        /// (offset, buffer, valid length, compress as whole clusters)
+        Data(u64, Vec<u8>, usize),
+        Err(Error),
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(4);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..6 {
+        let _ = free_tx.send(vec![0u8; chunk as usize]);
+    }
+    let compress = opts.compress;
+    std::thread::scope(|scope| -> Result<()> {
+        // Owned here so that an early error return hangs up on the reader.
+        let rx = rx;
+        let free_tx = free_tx;
+        scope.spawn(move || {
+            let mut read_all = || -> Result<()> {
+                let mut pos = 0u64;
+                const SPAN: u64 = 1 << 30;
+                while pos < size {
+                    let span = SPAN.min(size - pos);
+                    for x in src.block_status(pos, span)? {
+                        if x.zero {
+                            if tx.send(Item::Zero(x.offset, x.length)).is_err() {
+                                return Ok(());
+                            }
                             continue;
                         }
-                        dst.write_compressed(c, p + k as u64 * cs)?;
+                        let mut p = x.offset;
+                        let end = x.offset + x.length;
+                        while p < end {
+                            let Ok(mut buf) = free_rx.recv() else {
+                                return Ok(());
+                            };
+                            let (start, n) = if compress {
+                                // Whole target clusters (the last may be partial).
+                                let cstart = p / cs * cs;
+                                let cend = (cstart + cs).min(size);
+                                if p != cstart || cend > end {
+                                    // Extent boundary inside a cluster: the cluster.
+                                    (cstart, cend - cstart)
+                                } else {
+                                    let mut n = (end - p).min(chunk);
+                                    if p + n != size {
+                                        n = n / cs * cs;
+                                    }
+                                    (p, n)
+                                }
+                            } else {
+                                (p, (end - p).min(chunk))
+                            };
+                            src.read_at(&mut buf[..n as usize], start)?;
+                            if tx.send(Item::Data(start, buf, n as usize)).is_err() {
+                                return Ok(());
+                            }
+                            p = start + n;
+                        }
                     }
-                } else if !(opts.target_is_zero && is_zero(b)) {
-                    dst.write_at(b, p)?;
+                    pos += span;
                 }
-                p += n;
-                if let Some(pr) = progress.as_mut() {
-                    pr(p, size);
+                Ok(())
+            };
+            if let Err(e) = read_all() {
+                let _ = tx.send(Item::Err(e));
+            }
+        });
+        for item in rx.iter() {
+            match item {
+                Item::Err(e) => return Err(e),
+                Item::Zero(off, len) => {
+                    if !opts.target_is_zero {
+                        dst.write_zeroes(off, len)?;
+                    }
+                    if let Some(pr) = progress.as_mut() {
+                        pr(off + len, size);
+                    }
+                }
+                Item::Data(off, buf, n) => {
+                    let b = &buf[..n];
+                    if compress {
+                        for (k, c) in b.chunks(cs as usize).enumerate() {
+                            if opts.target_is_zero && is_zero(c) {
+                                continue;
+                            }
+                            dst.write_compressed(c, off + k as u64 * cs)?;
+                        }
+                    } else if !(opts.target_is_zero && is_zero(b)) {
+                        dst.write_at(b, off)?;
+                    }
+                    if let Some(pr) = progress.as_mut() {
+                        pr(off + n as u64, size);
+                    }
+                    let _ = free_tx.send(buf);
                 }
             }
         }
-        pos += span;
-        if let Some(pr) = progress.as_mut() {
-            pr(pos, size);
-        }
+        Ok(())
+    })?;
+    if let Some(pr) = progress.as_mut() {
+        pr(size, size);
     }
     dst.flush()
 }

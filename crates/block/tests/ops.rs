@@ -584,3 +584,29 @@ fn snapshot_across_resize() {
     want[60 << 20..(60 << 20) + 8192].fill(3);
     assert_qemu_equal(dir.path(), &path, &want);
 }
+
+#[test]
+fn convert_write_error_is_returned_not_hung() {
+    let dir = tempdir();
+    let (top, want) = chain3(dir.path());
+    let out = dir.path().join("ro.qcow2");
+    qcow2(&out, want.len() as u64, CreateOptions::default());
+    let mut src = Image::open(
+        &top,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut dst = Image::open(
+        &out,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = convert(&mut src, &mut dst, &ConvertOptions::default(), None).unwrap_err();
+    assert!(matches!(e, block::Error::ReadOnly), "{e}");
+}
