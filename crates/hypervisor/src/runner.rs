@@ -276,10 +276,11 @@ fn vcpu_thread(i: usize, mut vcpu: Box<dyn Vcpu>, ctl: &VmControl, pio: &Bus, mm
             Exit::Shutdown => ctl.request_exit(VmExit::TripleFault { vcpu: id }),
             Exit::Reset => ctl.request_exit(VmExit::Reset),
             Exit::Poweroff => ctl.request_exit(VmExit::Poweroff),
-            Exit::Failed(m) => ctl.request_exit(VmExit::Error {
-                vcpu: id,
-                message: m,
-            }),
+            Exit::Failed(m) => {
+                // Where the guest was helps tell a guest bug from a host limit.
+                let message = format!("{m}; {}", vcpu.describe());
+                ctl.request_exit(VmExit::Error { vcpu: id, message })
+            }
             Exit::Unhandled(m) => ctl.request_exit(VmExit::Error {
                 vcpu: id,
                 message: format!("unhandled exit {m}"),

@@ -246,7 +246,6 @@ impl Vcpu for KvmVcpu {
 
     fn run(&mut self) -> Result<Exit<'_>> {
         let run: *const kvm_run = self.fd.get_kvm_run();
-        let id = self.id;
         let exit = match self.fd.run() {
             Ok(VcpuExit::IoIn(p, d)) => Exit::IoIn(p, d),
             Ok(VcpuExit::IoOut(p, d)) => Exit::IoOut(p, d),
@@ -258,14 +257,14 @@ impl Vcpu for KvmVcpu {
             Ok(VcpuExit::SystemEvent(t, _)) => match t {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Poweroff,
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => Exit::Reset,
-                t => Exit::Failed(format!("vCPU {id}: KVM system event {t}")),
+                t => Exit::Failed(format!("KVM system event {t}")),
             },
             Ok(VcpuExit::InternalError) => {
                 // SAFETY: `run` is this vCPU's kvm_run mapping, valid while
                 // `self.fd` lives; KVM filled `internal` for this exit.
                 let sub = unsafe { (*run).__bindgen_anon_1.internal.suberror };
                 Exit::Failed(format!(
-                    "vCPU {id}: KVM internal error (suberror {sub}: {})",
+                    "KVM internal error (suberror {sub}: {})",
                     match sub {
                         1 => "instruction emulation failed",
                         2 => "simultaneous exceptions",
@@ -275,7 +274,7 @@ impl Vcpu for KvmVcpu {
                 ))
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Failed(format!(
-                "vCPU {id}: VM entry failed (hardware reason {reason:#x}, host CPU {cpu})"
+                "VM entry failed (hardware reason {reason:#x}, host CPU {cpu})"
             )),
             Ok(other) => Exit::Unhandled(format!("{other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
