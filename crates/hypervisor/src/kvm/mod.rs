@@ -26,6 +26,22 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
 
+/// What to tell the user when the KVM device cannot be opened.
+fn unavailable(path: &str, errno: i32) -> String {
+    match errno {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => format!(
+            "{path} does not exist: this host has no KVM (no VT-x/AMD-V, or the kvm module is not loaded); use --accel emu"
+        ),
+        libc::EACCES | libc::EPERM => format!(
+            "{path}: permission denied (add your user to the kvm group, or run as root); or use --accel emu"
+        ),
+        e => format!(
+            "cannot open {path}: {}; use --accel emu",
+            std::io::Error::from_raw_os_error(e)
+        ),
+    }
+}
+
 /// An open /dev/kvm.
 pub struct Kvm {
     sys: KvmSys,
@@ -42,13 +58,8 @@ impl Kvm {
         use std::os::unix::ffi::OsStrExt;
         let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::Unavailable(format!("bad KVM device path {p}")))?;
-        let sys = KvmSys::new_with_path(&cpath).map_err(|e| {
-            Error::Unavailable(match e.errno() {
-                libc::ENOENT | libc::ENODEV | libc::ENXIO => format!("{p} does not exist: this host has no KVM (no VT-x/AMD-V, or the kvm module is not loaded); use --accel emu"),
-                libc::EACCES | libc::EPERM => format!("{p}: permission denied (add your user to the kvm group, or run as root); or use --accel emu"),
-                _ => format!("cannot open {p}: {e}; use --accel emu"),
-            })
-        })?;
+        let sys = KvmSys::new_with_path(&cpath)
+            .map_err(|e| Error::Unavailable(unavailable(&p.to_string(), e.errno())))?;
         if sys.get_api_version() != kvm_bindings::KVM_API_VERSION as i32 {
             return Err(Error::Unavailable(format!(
                 "/dev/kvm speaks API version {}, not {}",
@@ -293,5 +304,30 @@ impl KvmVcpu {
     /// The vCPU's general registers (tests and diagnostics).
     pub fn regs(&self) -> Result<kvm_bindings::kvm_regs> {
         self.fd.get_regs().map_err(kvm_err("KVM_GET_REGS"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_errors_say_what_to_do() {
+        let m = unavailable("/dev/kvm", libc::EACCES);
+        assert!(
+            m.contains("permission denied") && m.contains("kvm group"),
+            "{m}"
+        );
+        assert!(m.contains("--accel emu"));
+        let m = unavailable("/dev/kvm", libc::ENOENT);
+        assert!(
+            m.contains("does not exist") && m.contains("--accel emu"),
+            "{m}"
+        );
+        let m = unavailable("/dev/kvm", libc::EBUSY);
+        assert!(
+            m.starts_with("cannot open /dev/kvm") && m.contains("--accel emu"),
+            "{m}"
+        );
     }
 }
