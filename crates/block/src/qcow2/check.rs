@@ -313,8 +313,10 @@ impl Qcow2 {
         Ok(bad)
     }
 
-    /// One full check pass without repair.
-    fn check_once(&mut self) -> Result<(CheckReport, Vec<u32>)> {
+    /// One full check pass without repair. Also returns how many of the
+    /// messages come from the scan and refcount comparison (before the
+    /// OFLAG_COPIED pass).
+    fn check_once(&mut self) -> Result<(CheckReport, Vec<u32>, usize)> {
         let mut s = self.scan()?;
         let mut highest: u64 = 0;
         let n = s.refs.len() as u64;
@@ -356,16 +358,17 @@ impl Qcow2 {
             }
         }
         let mut report = s.report;
+        let n_cmp = report.messages.len();
         report.corruptions += self.copied_pass(false, &mut report)?;
         report.image_end_offset = highest * self.cs;
-        Ok((report, s.refs))
+        Ok((report, s.refs, n_cmp))
     }
 
     pub(crate) fn check(&mut self, repair: Repair) -> Result<CheckReport> {
         if !self.read_only {
             self.flush_metadata()?;
         }
-        let (before, _) = self.check_once()?;
+        let (before, _, n_cmp) = self.check_once()?;
         let wants = match repair {
             Repair::None => false,
             Repair::Leaks => before.leaks > 0,
@@ -384,8 +387,11 @@ impl Qcow2 {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        let mut messages = self.repair(repair)?;
-        let (mut after, _) = self.check_once()?;
+        // Like qemu, the repairing run first reports what it found (its
+        // comparison pass without fixing), then what it repairs.
+        let mut messages: Vec<String> = before.messages[..n_cmp].to_vec();
+        messages.append(&mut self.repair(repair)?);
+        let (mut after, _, _) = self.check_once()?;
         after.leaks_fixed = before.leaks.saturating_sub(after.leaks);
         after.corruptions_fixed = before.corruptions.saturating_sub(after.corruptions);
         messages.append(&mut after.messages);
@@ -404,7 +410,7 @@ impl Qcow2 {
     pub(crate) fn repair(&mut self, repair: Repair) -> Result<Vec<String>> {
         let mut msgs = Vec::new();
         for round in 0..4 {
-            let (rep, refs) = self.check_once()?;
+            let (rep, refs, _) = self.check_once()?;
             let todo = match repair {
                 Repair::None => false,
                 Repair::Leaks => rep.leaks > 0,

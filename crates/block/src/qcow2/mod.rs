@@ -69,6 +69,9 @@ pub struct Qcow2 {
     pub(crate) backing: Option<Box<Image>>,
     /// Next cluster index to try when allocating.
     pub(crate) free_hint: u64,
+    /// qemu's metadata-preallocation guess, made once per open: only then
+    /// does block status look for holes in the host file.
+    pub(crate) meta_prealloc: Option<bool>,
     /// First cluster index past everything allocated or in the file.
     pub(crate) end_cluster: u64,
     /// Host clusters at or past this byte offset were never written: they
@@ -229,6 +232,7 @@ impl Qcow2 {
             rc_cache: TableCache::new(rc_tables as usize, cs as usize),
             backing: None,
             free_hint: 0,
+            meta_prealloc: None,
             end_cluster,
             fresh_from: end_cluster * cs,
             compression,
@@ -1283,7 +1287,18 @@ impl Qcow2 {
     /// (offset, length, state) where Data carries the host offset of the
     /// run's first byte.
     pub(crate) fn own_status(&mut self, off: u64, len: u64) -> Result<Vec<(u64, u64, Map)>> {
-        let mut out: Vec<(u64, u64, Map)> = Vec::new();
+        Ok(self
+            .own_runs(off, len)?
+            .into_iter()
+            .map(|(o, l, m, _)| (o, l, m))
+            .collect())
+    }
+
+    /// Like `own_status`, plus the host offset of a Zero/Unalloc run whose
+    /// cluster still owns a host cluster (qemu's ZERO_ALLOC and
+    /// UNALLOCATED_ALLOC, which it maps with an offset).
+    fn own_runs(&mut self, off: u64, len: u64) -> Result<Vec<Run>> {
+        let mut out: Vec<Run> = Vec::new();
         let end = off + len;
         let mut pos = off;
         let scs = 1u64 << self.sc_bits;
@@ -1295,11 +1310,12 @@ impl Qcow2 {
                 // Whole L2 table absent.
                 let tend = ((gc / self.l2_entries + 1) * self.l2_entries) << self.cluster_bits;
                 let n = tend.min(end) - pos;
-                push_run(&mut out, pos, n, Map::Unalloc);
+                push_run(&mut out, pos, n, Map::Unalloc, None);
                 pos += n;
                 continue;
             };
             let (e, bm) = self.l2_get(slot, self.l2_index(gc));
+            let host = e & L2E_OFFSET_MASK;
             let (m, n) = if self.extl2 && e & COMPRESSED == 0 {
                 let sc = (in_c >> self.sc_bits) as u32;
                 let m = self.map_of(e, bm, sc);
@@ -1321,20 +1337,61 @@ impl Qcow2 {
                     self.cs - in_c,
                 )
             };
+            let ah = match m {
+                Map::Zero | Map::Unalloc if e & COMPRESSED == 0 && host != 0 => Some(host + in_c),
+                _ => None,
+            };
             let n = n.min(end - pos);
-            push_run(&mut out, pos, n, m);
+            push_run(&mut out, pos, n, m, ah);
             pos += n;
         }
         Ok(out)
     }
 
+    /// qemu's qcow2_detect_metadata_preallocation: far more clusters counted
+    /// in use than the host file really allocates.
+    fn metadata_preallocated(&mut self) -> Result<bool> {
+        if let Some(v) = self.meta_prealloc {
+            return Ok(v);
+        }
+        use std::os::unix::fs::MetadataExt;
+        let md = self.file.metadata().map_err(|e| io_err(&self.path, e))?;
+        let real_clusters = md.blocks() * 512 / self.cs;
+        let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+        let end = md.len().div_ceil(self.cs);
+        let mut count = 0u64;
+        let mut i = 0;
+        while i < end && count < threshold {
+            if self.get_refcount(i)? != 0 {
+                count += 1;
+            }
+            i += 1;
+        }
+        let v = count >= threshold;
+        self.meta_prealloc = Some(v);
+        Ok(v)
+    }
+
     pub(crate) fn block_status(&mut self, off: u64, len: u64) -> Result<Vec<Extent>> {
-        let own = self.own_status(off, len)?;
+        let own = self.own_runs(off, len)?;
         let mut out: Vec<Extent> = Vec::new();
-        for (o, l, m) in own {
+        for (o, l, m, ah) in own {
             match m {
+                Map::Data(h) if !self.metadata_preallocated()? => push_extent(
+                    &mut out,
+                    Extent {
+                        offset: o,
+                        length: l,
+                        data: true,
+                        zero: false,
+                        present: true,
+                        depth: 0,
+                        host_offset: Some(h),
+                    },
+                ),
                 Map::Data(h) => {
-                    // Like qemu, report host-file holes inside data as zero.
+                    // Like qemu with metadata preallocation (BDRV_BLOCK_RECURSE):
+                    // host-file holes inside data read as zero.
                     for (ho, hl, is_data) in crate::raw::host_runs(&self.file, h, l) {
                         push_extent(
                             &mut out,
@@ -1371,7 +1428,7 @@ impl Qcow2 {
                         zero: true,
                         present: true,
                         depth: 0,
-                        host_offset: None,
+                        host_offset: ah,
                     },
                 ),
                 Map::Unalloc => match &mut self.backing {
@@ -1384,7 +1441,7 @@ impl Qcow2 {
                             zero: true,
                             present: false,
                             depth: 0,
-                            host_offset: None,
+                            host_offset: ah,
                         },
                     ),
                     Some(b) => {
@@ -1407,7 +1464,7 @@ impl Qcow2 {
                                     zero: true,
                                     present: false,
                                     depth: depth_absent,
-                                    host_offset: None,
+                                    host_offset: ah.map(|h| h + inside),
                                 },
                             );
                         }
@@ -1460,19 +1517,28 @@ fn chain_depth(img: &Image) -> u32 {
     }
 }
 
-fn push_run(out: &mut Vec<(u64, u64, Map)>, off: u64, len: u64, m: Map) {
+/// (offset, length, state, host offset of an allocated Zero/Unalloc run)
+type Run = (u64, u64, Map, Option<u64>);
+
+fn push_run(out: &mut Vec<Run>, off: u64, len: u64, m: Map, ah: Option<u64>) {
     if let Some(last) = out.last_mut() {
-        let joinable = match (last.2, m) {
-            (Map::Data(a), Map::Data(b)) => a + last.1 == b,
-            (Map::Compressed(..), _) | (_, Map::Compressed(..)) => false,
-            (a, b) => a == b,
+        let host_ok = match (last.3, ah) {
+            (Some(a), Some(b)) => a + last.1 == b,
+            (None, None) => true,
+            _ => false,
         };
+        let joinable = host_ok
+            && match (last.2, m) {
+                (Map::Data(a), Map::Data(b)) => a + last.1 == b,
+                (Map::Compressed(..), _) | (_, Map::Compressed(..)) => false,
+                (a, b) => a == b,
+            };
         if joinable && last.0 + last.1 == off {
             last.1 += len;
             return;
         }
     }
-    out.push((off, len, m));
+    out.push((off, len, m, ah));
 }
 
 pub(crate) fn push_extent(out: &mut Vec<Extent>, x: Extent) {
