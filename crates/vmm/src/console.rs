@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use devices::Serial;
-use riscv_emu::{Control, ExitReason};
 
 static SAVED: OnceLock<libc::termios> = OnceLock::new();
 
@@ -74,16 +73,18 @@ impl Drop for RawTerminal {
 }
 
 type Uart = Arc<Mutex<Serial>>;
+/// Stops the machine on Ctrl-A X; each backend says how.
+pub type Quit = Arc<dyn Fn() + Send + Sync>;
 
 /// Where input goes; swapped when the machine reboots.
 #[derive(Clone, Default)]
-pub struct Target(Arc<Mutex<Option<(Uart, Control)>>>);
+pub struct Target(Arc<Mutex<Option<(Uart, Quit)>>>);
 
 impl Target {
-    pub fn set(&self, uart: Arc<Mutex<Serial>>, control: Control) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((uart, control));
+    pub fn set(&self, uart: Arc<Mutex<Serial>>, quit: Quit) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((uart, quit));
     }
-    fn get(&self) -> Option<(Uart, Control)> {
+    fn get(&self) -> Option<(Uart, Quit)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -169,8 +170,8 @@ pub fn spawn_input(target: Target, escapes: bool) {
                 feed(&target, &out);
                 match action {
                     Some(Action::Quit) => {
-                        if let Some((_, ctl)) = target.get() {
-                            ctl.request_exit(ExitReason::Stopped);
+                        if let Some((_, quit)) = target.get() {
+                            quit();
                         }
                         return;
                     }

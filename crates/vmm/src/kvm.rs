@@ -5,13 +5,13 @@
 //! Firecracker); host stop (Ctrl-A X) 0; triple fault, KVM internal error or
 //! failed VM entry 1 with a message naming it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arch::x86_64::{layout, Entry, Machine, MachineBuilder, MachineConfig, PowerEvent, VirtioSlot};
-use devices::{BusDevice, Serial};
+use devices::BusDevice;
 use hypervisor::kvm::Kvm;
 use hypervisor::runner::{self, VmControl, VmExit};
 use hypervisor::{Vm, X86Boot, X86Mode};
@@ -132,11 +132,13 @@ fn run_machine(vm: &dyn Vm, m: Machine, control: Arc<VmControl>) -> Result<i32> 
         .map(|id| vm.create_vcpu(id, n, (id == 0).then_some(&boot)))
         .collect::<Result<Vec<_>, _>>()?;
     let _raw = crate::console::RawTerminal::enter();
-    spawn_input(
+    let target = crate::console::Target::default();
+    let ctl = control.clone();
+    target.set(
         m.serial.clone(),
-        control.clone(),
-        crate::console::stdin_is_tty(),
+        Arc::new(move || ctl.request_exit(VmExit::Stopped)),
     );
+    crate::console::spawn_input(target, crate::console::stdin_is_tty());
     let running = runner::start(control, vcpus, m.pio.clone(), m.mmio.clone())
         .context("cannot start vCPU threads")?;
     if let Some(secs) = std::env::var("FERRO_KVM_STOP_AFTER")
@@ -163,64 +165,6 @@ fn run_machine(vm: &dyn Vm, m: Machine, control: Arc<VmControl>) -> Result<i32> 
             "guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN): the guest crashed before it could handle an exception"
         ),
         VmExit::Error { vcpu, message } => bail!("KVM stopped vCPU {vcpu}: {message}"),
-    }
-}
-
-/// stdin → COM1, with QEMU's Ctrl-A X to quit on a terminal.
-fn spawn_input(uart: Arc<Mutex<Serial>>, ctl: Arc<VmControl>, escapes: bool) {
-    let r = std::thread::Builder::new()
-        .name("console-in".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = [0u8; 512];
-            let mut esc = false;
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => return,
-                };
-                let mut out = Vec::with_capacity(n);
-                for &b in &buf[..n] {
-                    if !escapes {
-                        out.push(b);
-                    } else if esc {
-                        esc = false;
-                        match b {
-                            b'x' | b'X' => {
-                                ctl.request_exit(VmExit::Stopped);
-                                return;
-                            }
-                            0x01 => out.push(1),
-                            _ => {}
-                        }
-                    } else if b == 0x01 {
-                        esc = true;
-                    } else {
-                        out.push(b);
-                    }
-                }
-                let mut rest = &out[..];
-                while !rest.is_empty() {
-                    if ctl.exit().is_some() {
-                        return;
-                    }
-                    let (k, space, gen) = {
-                        let mut u = uart.lock().unwrap_or_else(|p| p.into_inner());
-                        let space = u.rx_space();
-                        let gen = space.generation();
-                        (u.enqueue(rest), space, gen)
-                    };
-                    rest = &rest[k..];
-                    if !rest.is_empty() {
-                        space.wait_change(gen, Duration::from_millis(200));
-                    }
-                }
-            }
-        });
-    if let Err(e) = r {
-        tracing::warn!("cannot start the console input thread: {e}");
     }
 }
 

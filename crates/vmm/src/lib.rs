@@ -12,6 +12,7 @@ pub mod kvm;
 pub mod virtio;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -250,7 +251,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
 
     let target = console::Target::default();
-    target.set(machine.uart(), machine.control());
+    target.set(machine.uart(), quit_on(machine.control()));
     let tty = console::stdin_is_tty();
     let _raw = console::RawTerminal::enter();
     console::spawn_input(target.clone(), tty);
@@ -271,7 +272,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 // Release disks and TAPs before the new machine reopens them.
                 drop(machine);
                 machine = build(files.boot())?;
-                target.set(machine.uart(), machine.control());
+                target.set(machine.uart(), quit_on(machine.control()));
             }
             ExitReason::ExitCode(c) => {
                 eprint!("\r\nferro: guest exited with code {c}\r\n");
@@ -291,6 +292,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
 }
 
 /// `ferro run` with no arguments: fetch (once) and boot the default guest.
+/// Ctrl-A X on the emulator: every hart stops at its next block end.
+fn quit_on(control: riscv_emu::Control) -> console::Quit {
+    Arc::new(move || control.request_exit(riscv_emu::ExitReason::Stopped))
+}
+
 pub fn run_default() -> Result<i32> {
     run(RunArgs::default())
 }
