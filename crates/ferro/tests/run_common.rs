@@ -24,8 +24,11 @@ pub fn guest() -> guest::DefaultGuest {
 /// A running `ferro` whose stdout (and stderr) arrive on a channel.
 pub struct Running {
     pub child: Child,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<(usize, Vec<u8>)>,
     pub output: String,
+    /// The same bytes, per stream (0 stdout, 1 stderr), for tests whose
+    /// guest output and host logs would interleave mid-line.
+    streams: [String; 2],
 }
 
 impl Running {
@@ -37,15 +40,18 @@ impl Running {
             .spawn()
             .expect("cannot start ferro");
         let (tx, rx) = mpsc::channel();
-        for mut r in [
+        for (i, mut r) in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    if n == 0 || tx.send((i, buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }
@@ -55,7 +61,14 @@ impl Running {
             child,
             rx,
             output: String::new(),
+            streams: Default::default(),
         }
+    }
+
+    fn push(&mut self, (i, b): (usize, Vec<u8>)) {
+        let text = String::from_utf8_lossy(&b);
+        self.output.push_str(&text);
+        self.streams[i].push_str(&text);
     }
 
     /// Waits until the output contains `needle` (true) or both pipes close or
@@ -70,7 +83,7 @@ impl Running {
         while self.output.matches(needle).count() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(b) => self.output.push_str(&String::from_utf8_lossy(&b)),
+                Ok(b) => self.push(b),
                 Err(mpsc::RecvTimeoutError::Timeout) => return false,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     closed += 1;
@@ -85,11 +98,17 @@ impl Running {
 
     /// Collects output until ferro closes its pipes, then its exit status;
     /// kills it and fails if the deadline passes first.
-    pub fn finish(mut self, deadline: Instant) -> (i32, String) {
+    pub fn finish(self, deadline: Instant) -> (i32, String) {
+        let (code, out, _) = self.finish_split(deadline);
+        (code, out)
+    }
+
+    /// Like `finish`, also returning stdout and stderr apart.
+    pub fn finish_split(mut self, deadline: Instant) -> (i32, String, [String; 2]) {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(b) => self.output.push_str(&String::from_utf8_lossy(&b)),
+                Ok(b) => self.push(b),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
@@ -102,7 +121,7 @@ impl Running {
             }
         }
         let status = self.child.wait().expect("wait for ferro");
-        (status.code().unwrap_or(-1), self.output)
+        (status.code().unwrap_or(-1), self.output, self.streams)
     }
 
     pub fn send(&mut self, s: &str) {

@@ -61,10 +61,17 @@ impl Interrupt {
     /// The guest broke the protocol: stop trusting the queues until reset.
     /// Logs once per episode, then raises a config-change interrupt.
     pub fn set_needs_reset(&self, why: fmt::Arguments<'_>) {
-        if !self.needs_reset.swap(true, Ordering::AcqRel) {
-            tracing::warn!("virtio-{}: device needs reset: {why}", self.name);
-            self.signal_config();
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if self.needs_reset.load(Ordering::Acquire) {
+            return;
         }
+        // Logged, and the config interrupt raised, before the flag shows: a
+        // driver that sees DEVICE_NEEDS_RESET also sees the interrupt.
+        tracing::warn!("virtio-{}: device needs reset: {why}", self.name);
+        self.config_generation.fetch_add(1, Ordering::AcqRel);
+        *s |= INT_CONFIG;
+        self.line.set_level(true);
+        self.needs_reset.store(true, Ordering::Release);
     }
 
     pub fn needs_reset(&self) -> bool {
