@@ -124,6 +124,20 @@ pub enum ActivateError {
     Backend(String),
 }
 
+impl ActivateError {
+    /// Every device checks the driver enabled exactly its queues.
+    pub fn check_queue_count<T>(queues: &[T], expected: usize) -> Result<(), Self> {
+        if queues.len() == expected {
+            Ok(())
+        } else {
+            Err(Self::QueueCount {
+                expected,
+                got: queues.len(),
+            })
+        }
+    }
+}
+
 /// A device model behind the virtio-mmio transport.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (see [`crate::ids`]).

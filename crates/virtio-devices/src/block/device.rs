@@ -136,12 +136,7 @@ impl VirtioDevice for Block {
         mut queues: Vec<QueueContext>,
         acked: u64,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(&queues, 1)?;
         let settings = Settings {
             read_only: self.read_only,
             serial: self.serial,

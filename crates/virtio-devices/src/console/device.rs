@@ -61,12 +61,7 @@ impl VirtioDevice for Console {
         queues: Vec<QueueContext>,
         _acked: u64,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(&queues, 2)?;
         let io = self.io.take().ok_or(ActivateError::BackendGone)?;
         let w = ConsoleWorker::new(mem, irq, queues, io);
         self.worker = Some(Worker::spawn("virtio-console", move |stop| w.run(stop))?);

@@ -116,12 +116,7 @@ impl VirtioDevice for Net {
         queues: Vec<QueueContext>,
         acked: u64,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(&queues, 2)?;
         let tap = self.tap.take().ok_or(ActivateError::BackendGone)?;
         if let Err(e) = tap.set_offload(tap_offloads(acked)) {
             let msg = format!("TUNSETOFFLOAD on {}: {e}", tap.name());

@@ -43,12 +43,7 @@ impl VirtioDevice for Rng {
         mut queues: Vec<QueueContext>,
         _acked: u64,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(&queues, 1)?;
         let q = queues.remove(0);
         self.worker = Some(Worker::spawn("virtio-rng", move |stop| {
             super::worker::run(mem, irq, q, stop)
