@@ -1,6 +1,7 @@
 //! End to end: `ferro run` with no arguments boots the default guest to a
 //! shell prompt, and `poweroff` typed there ends ferro with status 0; a
-//! guest reboot restarts the machine; SMP guests work the same way.
+//! guest reboot restarts the machine; a guest kernel panic exits 3; SMP
+//! guests work the same way.
 
 mod run_common;
 use run_common::*;
@@ -57,8 +58,11 @@ fn default_guest_smp_loads_modules_and_powers_off() {
     poweroff(r, deadline);
 }
 
+/// One boot serves two checks: a reboot restarts the machine, and then a
+/// kernel panic (sysrq `c`) lights the panic LED and ends ferro with exit
+/// code 3 and a message (docs/CONTROL.md: reason `crashed`).
 #[test]
-fn guest_reboot_restarts_the_machine() {
+fn guest_reboot_restarts_the_machine_and_a_panic_exits_3() {
     const BANNER: &str = "Ferrovisor default guest (";
     let (mut r, deadline) = boot_to_prompt(&[]);
     r.send("reboot\n");
@@ -72,5 +76,12 @@ fn guest_reboot_restarts_the_machine() {
         "no prompt after reboot:\n{}",
         r.output
     );
-    poweroff(r, deadline);
+    r.send("echo c > /proc/sysrq-trigger\n");
+    let (code, out, [_, stderr]) = r.finish_split(deadline);
+    assert!(
+        out.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "{out}"
+    );
+    assert!(stderr.contains("ferro: guest panicked"), "{stderr}");
+    assert_eq!(code, 3, "{out}");
 }

@@ -229,6 +229,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+# The panic LED (leds_gpio; see the machine's device tree) is how ferro
+# learns that the kernel crashed: load it first.
+[ -f /lib/modules/leds_gpio.ko ] && insmod /lib/modules/leds_gpio.ko 2>/dev/null
 # Modules load on demand (each costs seconds under emulation): the virtio
 # transport always, then drivers for the virtio devices actually present.
 # `ferro.modules=all` on the command line loads every module.
@@ -304,7 +307,20 @@ fn fnv(parts: &[&str]) -> String {
 
 /// Identifies what `fetch` collects (the module list): a change refetches.
 fn fetch_stamp() -> String {
-    format!("modules {}", fnv(modules::WANTED))
+    module_stamp(modules::WANTED)
+}
+
+fn module_stamp(list: &[&str]) -> String {
+    format!("modules {}", fnv(list))
+}
+
+/// READY's stamp lines: one per prefix of the module list, so that older
+/// ferro binaries sharing this cache (their list is a prefix: entries are
+/// only appended) accept it instead of fetching again in turn.
+fn ready_stamps() -> String {
+    (1..=modules::WANTED.len())
+        .map(|n| module_stamp(&modules::WANTED[..n]) + "\n")
+        .collect()
 }
 
 /// Identifies the default initramfs's contents: a change rebuilds it.
@@ -535,7 +551,7 @@ fn fetch_locked(force: bool) -> Result<DefaultGuest> {
     std::fs::write(stage.join("initramfs.stamp"), initramfs_stamp())?;
     std::fs::write(
         stage.join(READY),
-        format!("{}\n{}\n", pkgs.join("\n"), fetch_stamp()),
+        format!("{}\n{}", pkgs.join("\n"), ready_stamps()),
     )?;
 
     let dir = cache.join(GUEST_DIR);

@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// The modules the default guest loads: virtio transport and devices, and
-/// ext4 for a root disk. (virtio_console and the virtio core are built in
-/// on Debian's riscv64 kernel; built-in ones are skipped automatically.)
+/// The modules the default guest loads: virtio transport and devices, ext4
+/// for a root disk, and leds_gpio for the panic LED that tells ferro the
+/// kernel crashed. (virtio_console and the virtio core are built in on
+/// Debian's riscv64 kernel; built-in ones are skipped automatically.)
+/// Append new entries at the end: a cache fetched for this list also
+/// satisfies older ferro binaries whose list is a prefix of it.
 pub const WANTED: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
@@ -21,6 +24,7 @@ pub const WANTED: &[&str] = &[
     "virtio_rng",
     "crc32c_generic",
     "ext4",
+    "leds_gpio",
 ];
 
 pub fn normalize(name: &str) -> String {

@@ -114,6 +114,8 @@ pub enum ExitReason {
     ExitCode(u32),
     /// Host side asked to stop (e.g. Ctrl-A X).
     Stopped,
+    /// The guest signalled a kernel panic (pvpanic, panic LED).
+    GuestPanic,
     /// Emulator error that is not the guest's architectural business.
     Error(String),
 }

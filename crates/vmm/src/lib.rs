@@ -4,7 +4,8 @@
 //! Exit codes: guest poweroff 0; host stop (Ctrl-A X) 0; a guest reboot
 //! restarts the machine (with `--no-reboot`, ferro exits 0 instead, as
 //! QEMU's `-no-reboot`); HTIF/syscon failure code N exits N (1 if N does
-//! not fit); host-side errors exit 1 with a message.
+//! not fit); a guest kernel panic exits 3 ("ferro: guest panicked");
+//! host-side errors exit 1 with a message.
 
 pub mod console;
 #[cfg(target_arch = "x86_64")]
@@ -277,6 +278,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
             ExitReason::ExitCode(c) => {
                 eprint!("\r\nferro: guest exited with code {c}\r\n");
                 break Ok(if (1..=255).contains(&c) { c as i32 } else { 1 });
+            }
+            ExitReason::GuestPanic => {
+                eprint!("\r\nferro: guest panicked\r\n");
+                break Ok(3);
             }
             ExitReason::Error(e) => break Err(anyhow::anyhow!("emulation error: {e}")),
         }

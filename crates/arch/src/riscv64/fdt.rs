@@ -1,7 +1,8 @@
 //! The device tree for the `virt`-like machine, built with `vm-fdt`. It lists
 //! only what the machine implements: the harts (ISA and MMU from the CPU
-//! backend's constants), RAM, CLINT, PLIC, UART, RTC, syscon poweroff/reboot
-//! and the virtio-mmio slots that have a device attached.
+//! backend's constants), RAM, CLINT, PLIC, UART, RTC, syscon poweroff/reboot,
+//! the crash signals (pvpanic-mmio, and a GPIO LED that Linux's panic
+//! trigger lights) and the virtio-mmio slots that have a device attached.
 
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
@@ -20,6 +21,7 @@ pub struct FdtParams<'a> {
 
 const PH_PLIC: u32 = 1;
 const PH_TEST: u32 = 2;
+const PH_GPIO: u32 = 3;
 const fn ph_intc(hart: usize) -> u32 {
     0x10 + hart as u32
 }
@@ -147,6 +149,31 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     f.property_u32("interrupts", RTC_IRQ)?;
     f.end_node(rtc)?;
 
+    // Linux's own way to tell the platform it panicked when the kernel has no
+    // pvpanic driver (Debian's riscv64 kernel has none): the `panic` LED
+    // trigger (built in) lights every LED marked `panic-indicator`; the LED
+    // is on pin 0 of a SiFive GPIO controller (gpio-sifive is built in;
+    // gpio-leds is the leds_gpio module).
+    let gpio = f.begin_node(&format!("gpio@{GPIO_BASE:x}"))?;
+    f.property_string("compatible", "sifive,gpio0")?;
+    f.property_array_u64("reg", &reg(GPIO_BASE, devices::gpio::GPIO_MMIO_LEN))?;
+    f.property_u32("interrupt-parent", PH_PLIC)?;
+    f.property_u32("interrupts", GPIO_IRQ)?;
+    f.property_null("gpio-controller")?;
+    f.property_u32("#gpio-cells", 2)?;
+    f.property_null("interrupt-controller")?;
+    f.property_u32("#interrupt-cells", 2)?;
+    f.property_phandle(PH_GPIO)?;
+    f.end_node(gpio)?;
+
+    let pvpanic = f.begin_node(&format!("pvpanic@{PVPANIC_BASE:x}"))?;
+    f.property_string("compatible", "qemu,pvpanic-mmio")?;
+    f.property_array_u64(
+        "reg",
+        &reg(PVPANIC_BASE, devices::pvpanic::PVPANIC_MMIO_LEN),
+    )?;
+    f.end_node(pvpanic)?;
+
     let uart = f.begin_node(&format!("serial@{UART0_BASE:x}"))?;
     f.property_string("compatible", "ns16550a")?;
     f.property_array_u64("reg", &reg(UART0_BASE, devices::serial::SERIAL_MMIO_LEN))?;
@@ -189,6 +216,17 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     f.end_node(clint)?;
 
     f.end_node(soc)?;
+
+    let leds = f.begin_node("leds")?;
+    f.property_string("compatible", "gpio-leds")?;
+    let led = f.begin_node("led-panic")?;
+    f.property_string("label", "panic")?;
+    f.property_array_u32("gpios", &[PH_GPIO, 0, 0])?;
+    f.property_string("default-state", "off")?;
+    f.property_null("panic-indicator")?;
+    f.end_node(led)?;
+    f.end_node(leds)?;
+
     f.end_node(root)?;
     f.finish()
 }
@@ -259,6 +297,13 @@ mod tests {
             "interrupts-extended = <0x10 0x03 0x10 0x07 0x11 0x03 0x11 0x07>;",
             "virtio_mmio@10001000 {",
             "virtio_mmio@10003000 {",
+            "compatible = \"qemu,pvpanic-mmio\";",
+            "reg = <0x00 0x103000 0x00 0x02>;",
+            "compatible = \"sifive,gpio0\";",
+            "interrupts = <0x0c>;",
+            "compatible = \"gpio-leds\";",
+            "gpios = <0x03 0x00 0x00>;",
+            "panic-indicator;",
         ] {
             assert!(s.contains(want), "missing {want:?} in:\n{s}");
         }

@@ -4,6 +4,11 @@
 pub const SYSCON_BASE: u64 = 0x10_0000;
 pub const RTC_BASE: u64 = 0x10_1000;
 pub const RTC_IRQ: u32 = 11;
+/// Free slots after the RTC in QEMU's map: a SiFive GPIO controller (its pin
+/// 0 is the kernel-panic LED) and QEMU's pvpanic-mmio.
+pub const GPIO_BASE: u64 = 0x10_2000;
+pub const GPIO_IRQ: u32 = 12;
+pub const PVPANIC_BASE: u64 = 0x10_3000;
 pub const CLINT_BASE: u64 = 0x200_0000;
 pub const PLIC_BASE: u64 = 0xc00_0000;
 pub const UART0_BASE: u64 = 0x1000_0000;

@@ -16,7 +16,9 @@ pub mod plic;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::{Bus, BusDevice, IrqLine, Rtc, Serial, Syscon, SysconEvent};
+use devices::{
+    Bus, BusDevice, IrqLine, PvPanic, PvPanicEvent, Rtc, Serial, SifiveGpio, Syscon, SysconEvent,
+};
 use riscv_emu::{Control, CpuConfig, Cpus, ExitReason, HtifConfig, Mode, SystemBus};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -421,6 +423,21 @@ impl MachineBuilder {
         let line = |src| -> Arc<dyn IrqLine> { Arc::new(PlicLine::new(plic.clone(), src)) };
         let uart = Arc::new(Mutex::new(Serial::new(console_out, line(UART0_IRQ))));
         let rtc = Arc::new(Mutex::new(Rtc::new(line(RTC_IRQ))));
+        let c = control.clone();
+        let pvpanic = Arc::new(Mutex::new(PvPanic::new(Box::new(move |ev| match ev {
+            PvPanicEvent::Panicked => c.request_exit(ExitReason::GuestPanic),
+            PvPanicEvent::CrashLoaded => tracing::info!("pvpanic: the guest loaded a crash kernel"),
+        }))));
+        // Pin 0 is the panic LED (see fdt.rs): lit means the kernel panicked.
+        let c = control.clone();
+        let gpio = Arc::new(Mutex::new(SifiveGpio::new(
+            1,
+            Box::new(move |levels| {
+                if levels & 1 != 0 {
+                    c.request_exit(ExitReason::GuestPanic)
+                }
+            }),
+        )));
         let syscon = Arc::new(Mutex::new(Syscon::new(Box::new(move |ev| {
             control.request_exit(match ev {
                 SysconEvent::Poweroff => ExitReason::Poweroff,
@@ -432,6 +449,8 @@ impl MachineBuilder {
         let mut bus = Bus::new();
         bus.insert(SYSCON_BASE, devices::syscon::SYSCON_MMIO_LEN, syscon)?;
         bus.insert(RTC_BASE, devices::rtc::RTC_MMIO_LEN, rtc)?;
+        bus.insert(GPIO_BASE, devices::gpio::GPIO_MMIO_LEN, gpio)?;
+        bus.insert(PVPANIC_BASE, devices::pvpanic::PVPANIC_MMIO_LEN, pvpanic)?;
         bus.insert(CLINT_BASE, riscv_emu::ACLINT_SIZE, cpus.aclint())?;
         bus.insert(PLIC_BASE, plic::PLIC_MMIO_LEN, plic.clone())?;
         bus.insert(UART0_BASE, devices::serial::SERIAL_MMIO_LEN, uart.clone())?;
