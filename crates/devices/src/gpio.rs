@@ -54,7 +54,7 @@ impl SifiveGpio {
 impl BusDevice for SifiveGpio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if data.len() != 4 || offset % 4 != 0 || offset / 4 >= NREGS as u64 {
+        if data.len() != 4 || offset & 3 != 0 || offset / 4 >= NREGS as u64 {
             return;
         }
         let v = match offset {
@@ -67,7 +67,7 @@ impl BusDevice for SifiveGpio {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 4 || offset % 4 != 0 || offset / 4 >= NREGS as u64 {
+        if data.len() != 4 || offset & 3 != 0 || offset / 4 >= NREGS as u64 {
             return;
         }
         let mut b = [0u8; 4];
