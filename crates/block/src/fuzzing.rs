@@ -7,7 +7,8 @@ use crate::{BlockBackend, Image, OpenOptions};
 
 /// Writes `data` to a temporary file, opens it as an image (probing the
 /// format, without its backing chain so a hostile header cannot make us read
-/// arbitrary host files), then maps and reads it a bit. Errors are fine;
+/// arbitrary host files), then maps and reads it a bit, then writes a little
+/// through a writable open. Errors are fine;
 /// panics, hangs and huge allocations are the bugs this hunts.
 pub fn open_and_read(data: &[u8]) {
     let Ok(mut f) = tempfile_in_tmp() else { return };
@@ -21,6 +22,22 @@ pub fn open_and_read(data: &[u8]) {
     };
     if let Ok(mut img) = Image::open(&f.0, &opts) {
         exercise(&mut img);
+    }
+    // Writable too: writes must never land on metadata (overlap checks).
+    let rw = OpenOptions {
+        read_only: false,
+        ..opts
+    };
+    if let Ok(mut img) = Image::open(&f.0, &rw) {
+        img.set_unsafe_cache(true);
+        let size = img.size();
+        let buf = vec![0x5au8; 4096];
+        for off in [0, size / 2] {
+            if off + 4096 <= size {
+                let _ = img.write_at(&buf, off);
+            }
+        }
+        let _ = img.flush();
     }
     let _ = std::fs::remove_file(&f.0);
     let _ = &mut f;

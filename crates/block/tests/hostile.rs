@@ -488,3 +488,241 @@ fn fuzz_body_over_mutations() {
     block::fuzzing::open_and_read(b"QFI");
     block::fuzzing::open_and_read(&[0u8; 4096]);
 }
+
+/// A valid image with one internal snapshot, as bytes.
+fn image_with_snapshot(dir: &Path) -> Vec<u8> {
+    let v = valid_image(dir, CreateOptions::default());
+    let p = write_img(dir, "snap.qcow2", &v);
+    let mut i = open_rw(&p);
+    i.snapshot_create("s1").unwrap();
+    drop(i);
+    std::fs::read(&p).unwrap()
+}
+
+#[test]
+fn fixed_tables_overlapping_each_other_are_named() {
+    let dir = tempdir();
+    let v = image_with_snapshot(dir.path());
+    let l1 = get64(&v, 40);
+    let rt = get64(&v, 48);
+    let st = get64(&v, 64) as usize;
+    assert!(st > 0 && u32::from_be_bytes(v[60..64].try_into().unwrap()) == 1);
+    // Snapshot table on the active L1 table.
+    let mut b = v.clone();
+    put64(&mut b, 64, l1);
+    expect_open_err(&b, "Snapshot table at");
+    expect_open_err(&b, "overlaps the active L1 table");
+    // The snapshot's own L1 table on the refcount table, and on the header.
+    let mut b = v.clone();
+    put64(&mut b, st, rt);
+    expect_open_err(&b, "L1 table of snapshot 1");
+    expect_open_err(&b, "overlaps the refcount table");
+    // The refcount table on the snapshot table (the later table named
+    // first).
+    let mut b = v.clone();
+    put64(&mut b, 48, st as u64);
+    expect_open_err(
+        &b,
+        &format!("Snapshot table at {st:#x} overlaps the refcount table"),
+    );
+    // The active L1 table on the snapshot's L1 table.
+    let mut b = v.clone();
+    put64(&mut b, 40, get64(&v, st));
+    expect_open_err(&b, "L1 table of snapshot 1 at");
+    expect_open_err(&b, "overlaps the active L1 table");
+    // Unmodified, it opens.
+    let p = write_img(dir.path(), "ok.qcow2", &v);
+    open_ro(&p).unwrap();
+}
+
+#[test]
+fn bitmap_directory_overlapping_a_table_is_named() {
+    let dir = tempdir();
+    let img = dir.path().join("bm.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", p(&img), "4M"]);
+    qemu_img_ok(&["bitmap", "--add", p(&img), "b0"]);
+    let mut v = std::fs::read(&img).unwrap();
+    let ext = find_ext(&v, 0x2385_2875).expect("qemu-img wrote a bitmaps extension");
+    let l1 = get64(&v, 40);
+    put64(&mut v, ext + 16, l1);
+    expect_open_err(&v, "Bitmap directory at");
+    expect_open_err(&v, "overlaps the active L1 table");
+}
+
+#[test]
+fn l2_table_or_refcount_block_on_metadata_is_refused_when_loaded() {
+    let dir = tempdir();
+    let v = valid_image(dir.path(), CreateOptions::default());
+    let l1 = get64(&v, 40);
+    let rt = get64(&v, 48);
+    let mut buf = vec![0u8; 4096];
+    // The first L2 table on the refcount table.
+    let mut b = v.clone();
+    put64(&mut b, l1 as usize, (1 << 63) | rt);
+    let path = write_img(dir.path(), "l2rt.qcow2", &b);
+    let mut i = open_ro(&path).unwrap();
+    let e = i.read_at(&mut buf, 0).unwrap_err();
+    assert!(matches!(e, Error::Corrupt(_)), "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains(&format!("L2 table at {rt:#x} overlaps the refcount table")),
+        "{m}"
+    );
+    block::fuzzing::open_and_read(&b);
+    // The first refcount block on the active L1 table: the first
+    // allocation loads it and stops.
+    let mut b = v.clone();
+    put64(&mut b, rt as usize, l1);
+    let path = write_img(dir.path(), "rbl1.qcow2", &b);
+    let mut i = open_rw(&path);
+    let e = i.write_at(&buf, 3 << 20).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains(&format!(
+            "refcount block at {l1:#x} overlaps the active L1 table"
+        )),
+        "{m}"
+    );
+    drop(i);
+    assert_eq!(
+        std::fs::read(&path).unwrap()[l1 as usize..l1 as usize + 8],
+        b[l1 as usize..l1 as usize + 8],
+        "the L1 table is untouched"
+    );
+    block::fuzzing::open_and_read(&b);
+}
+
+/// An image whose first data cluster is mapped (COPIED, so written in
+/// place) onto the active L1 table.
+fn data_on_l1(dir: &Path) -> (Vec<u8>, u64) {
+    let mut v = valid_image(dir, CreateOptions::default());
+    let l1 = get64(&v, 40);
+    let l2 = (get64(&v, l1 as usize) & 0x00ff_ffff_ffff_fe00) as usize;
+    put64(&mut v, l2, (1 << 63) | l1);
+    (v, l1)
+}
+
+fn assert_marked_corrupt(e: &Error, what: &str) {
+    let m = e.to_string();
+    assert!(matches!(e, Error::Corrupt(_)), "{m}");
+    assert!(
+        m.contains(&format!(
+            "Preventing invalid write on metadata (overlaps with {what}"
+        )) && m.contains("image marked as corrupt"),
+        "{m}"
+    );
+}
+
+#[test]
+fn data_write_over_metadata_is_refused_and_marks_the_image_corrupt() {
+    let dir = tempdir();
+    let (v, l1) = data_on_l1(dir.path());
+    let path = write_img(dir.path(), "d.qcow2", &v);
+    let mut i = open_rw(&path);
+    let mut buf = vec![0u8; 4096];
+    i.read_at(&mut buf, 0).unwrap(); // reading is harmless
+    let e = i.write_at(&[0xaa; 4096], 0).unwrap_err();
+    assert_marked_corrupt(&e, "active L1 table");
+    // Nothing more is written.
+    assert!(matches!(i.write_at(&buf, 1 << 20), Err(Error::ReadOnly)));
+    drop(i);
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(
+        after[l1 as usize..l1 as usize + 4096],
+        v[l1 as usize..l1 as usize + 4096],
+        "the L1 table is untouched"
+    );
+    assert_eq!(get64(&after, 72) & 2, 2, "corrupt bit set");
+    let info = qemu_img_ok(&["info", "--output=json", p(&path)]);
+    assert!(info.contains("\"corrupt\": true"), "{info}");
+    // Reopened, it is read-only (the corrupt bit is honoured).
+    assert!(open_rw(&path).read_only());
+}
+
+#[test]
+fn shared_image_write_over_metadata_is_refused() {
+    let dir = tempdir();
+    let (v, l1) = data_on_l1(dir.path());
+    let path = write_img(dir.path(), "s.qcow2", &v);
+    let s = block::SharedImage::new(open_rw(&path)).unwrap();
+    let e = s.write_at(&[0x55; 4096], 0).unwrap_err();
+    assert_marked_corrupt(&e, "active L1 table");
+    drop(s);
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(
+        after[l1 as usize..l1 as usize + 4096],
+        v[l1 as usize..l1 as usize + 4096]
+    );
+    assert_eq!(get64(&after, 72) & 2, 2, "corrupt bit set");
+}
+
+#[test]
+fn metadata_with_a_zero_refcount_is_never_allocated() {
+    let dir = tempdir();
+    let v = valid_image(dir.path(), CreateOptions::default());
+    let data: Vec<u8> = (0..200_000u32).map(|x| (x % 251) as u8).collect();
+    // Drop the refcount of the (only) L2 table to 0: a plain allocator
+    // would hand that cluster out again and overwrite the table.
+    let l1 = get64(&v, 40);
+    let l2 = get64(&v, l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    let rt = get64(&v, 48);
+    let rb = get64(&v, rt as usize) as usize;
+    let mut b = v.clone();
+    let idx = (l2 >> 16) as usize;
+    b[rb + idx * 2..rb + idx * 2 + 2].fill(0);
+    let path = write_img(dir.path(), "z.qcow2", &b);
+    let mut i = open_rw(&path);
+    let more: Vec<u8> = (0..(1u32 << 20)).map(|x| (x % 241) as u8).collect();
+    i.write_at(&more, 2 << 20).unwrap();
+    i.flush().unwrap();
+    drop(i);
+    let mut i = open_ro(&path).unwrap();
+    let mut got = vec![0u8; data.len()];
+    i.read_at(&mut got, 0).unwrap();
+    assert!(got == data, "data behind the L2 table survived");
+    let mut got = vec![0u8; more.len()];
+    i.read_at(&mut got, 2 << 20).unwrap();
+    assert!(got == more);
+}
+
+/// Structure-aware mutations for the fuzz body: a table pointer moved onto
+/// another table (header fields, L1 entries, refcount table entries, L2
+/// entries), so the overlap checks are exercised, not just the parser.
+#[test]
+fn fuzz_body_over_overlapping_pointers() {
+    let dir = tempdir();
+    let seed = seed_from_env(7);
+    eprintln!("overlap seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let base = image_with_snapshot(dir.path());
+    let l1 = get64(&base, 40) as usize;
+    let rt = get64(&base, 48) as usize;
+    let st = get64(&base, 64) as usize;
+    let l2 = (get64(&base, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let targets = [
+        0u64,
+        l1 as u64,
+        rt as u64,
+        st as u64,
+        get64(&base, st),
+        l2 as u64,
+    ];
+    let slots = [
+        (40, 0u64),
+        (48, 0),
+        (64, 0),
+        (st, 0),
+        (l1, 1 << 63),
+        (rt, 0),
+        (l2, 1 << 63),
+    ];
+    for _ in 0..60 {
+        let mut v = base.clone();
+        for _ in 0..rng.gen_range(1..3) {
+            let (at, flags) = slots[rng.gen_range(0..slots.len())];
+            let t = targets[rng.gen_range(0..targets.len())];
+            put64(&mut v, at, flags | t);
+        }
+        block::fuzzing::open_and_read(&v);
+    }
+}

@@ -547,3 +547,62 @@ fn bench_parallel_direct_writes_land() {
         &want,
     );
 }
+
+/// `snapshot -c NAME` with NAME taken: qemu-img 7.2 exits 0 silently and
+/// adds a second snapshot with that name (next id); `-d NAME` then deletes
+/// the first of them. ferro does the same, on its own copy of the image.
+#[test]
+fn snapshot_create_with_an_existing_name() {
+    let d = tmp();
+    let dir = d.path();
+    for f in ["f.qcow2", "q.qcow2"] {
+        ok(qemu_img(&["create", "-q", "-f", "qcow2", &p(dir, f), "1M"]));
+    }
+    let run = |f: &str, args: &[&str]| {
+        let mut a = args.to_vec();
+        a.push(f);
+        if f.starts_with('f') {
+            in_dir(dir, ferro_bin(), &["img"], &a)
+        } else {
+            in_dir(dir, "qemu-img", &[], &a)
+        }
+    };
+    // (id, name) pairs of the snapshots, from qemu-img's own JSON.
+    let snaps = |f: &str| -> Vec<(String, String)> {
+        let o = ok(qemu_img(&["info", "--output=json", &p(dir, f)]));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["snapshots"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["id"].as_str().unwrap().to_string(),
+                            s["name"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for step in [&["snapshot", "-c", "a"][..], &["snapshot", "-c", "a"]] {
+        let (fo, qo) = (run("f.qcow2", step), run("q.qcow2", step));
+        assert_eq!(
+            (code(&fo), stdout(&fo), stderr(&fo)),
+            (code(&qo), stdout(&qo), stderr(&qo)),
+            "{step:?}"
+        );
+    }
+    let two = vec![("1".into(), "a".into()), ("2".into(), "a".into())];
+    assert_eq!(snaps("q.qcow2"), two, "qemu-img 7.2's behaviour changed");
+    assert_eq!(snaps("f.qcow2"), two);
+    assert_qemu_clean(&p(dir, "f.qcow2"));
+    let (fo, qo) = (
+        run("f.qcow2", &["snapshot", "-d", "a"]),
+        run("q.qcow2", &["snapshot", "-d", "a"]),
+    );
+    assert_eq!((code(&fo), stderr(&fo)), (code(&qo), stderr(&qo)));
+    assert_eq!(snaps("f.qcow2"), snaps("q.qcow2"));
+    assert_eq!(snaps("f.qcow2"), vec![("2".into(), "a".into())]);
+    assert_qemu_clean(&p(dir, "f.qcow2"));
+}

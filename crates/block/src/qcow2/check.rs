@@ -267,6 +267,15 @@ impl Qcow2 {
                     l1_changed = true;
                 }
             }
+            if self
+                .overlaps
+                .find(off, self.cs, Some(super::overlap::Meta::ActiveL2))
+                .is_some()
+            {
+                // Sits on other metadata: the scan reports it; never
+                // rewrite it here.
+                continue;
+            }
             let slot = self.l2_slot(off)?;
             for idx in 0..self.l2_entries as usize {
                 let (e, bm) = self.l2_get(slot, idx);

@@ -18,6 +18,7 @@ pub mod check;
 pub mod compress;
 pub mod create;
 pub mod header;
+pub(crate) mod overlap;
 pub mod refcount;
 pub mod snapshot;
 
@@ -29,6 +30,7 @@ use crate::image::Image;
 use crate::{BlockBackend, CompressionType, Error, Extent, Result};
 use cache::TableCache;
 use header::Header;
+use overlap::{Meta, Overlaps};
 
 pub(crate) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 pub(crate) const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -99,6 +101,13 @@ pub struct Qcow2 {
     /// parallel direct writes to fresh clusters do not each extend it;
     /// trimmed back on close. Current file length when grown, else 0.
     pub(crate) grown_to: u64,
+    /// Where live metadata sits (overlap checks, see `overlap`).
+    pub(crate) overlaps: Overlaps,
+    /// Opened for `check`: tables that overlap are reported by the check
+    /// rather than refused when loaded.
+    pub(crate) check_mode: bool,
+    /// Length of the snapshot table on disk.
+    pub(crate) snapshot_table_bytes: u64,
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -246,15 +255,21 @@ impl Qcow2 {
             direct: None,
             unsafe_cache: false,
             grown_to: 0,
+            overlaps: Overlaps::new(h.cluster_bits),
+            check_mode,
+            snapshot_table_bytes: 0,
             h,
         };
-        q.snapshots = snapshot::read_table(&q).map_err(|e| prefix_err(path, e))?;
+        (q.snapshots, q.snapshot_table_bytes) =
+            snapshot::read_table(&q).map_err(|e| prefix_err(path, e))?;
+        q.build_overlaps(true).map_err(|e| prefix_err(path, e))?;
         if !q.read_only {
             // Unknown autoclear bits (bitmaps) must be cleared before writing.
             if q.h.autoclear != 0 && q.h.version == 3 {
                 q.h.autoclear = 0;
                 pwrite(&q.file, &q.path, &0u64.to_be_bytes(), header::OFF_AUTOCLEAR)?;
                 q.sync()?;
+                q.rebuild_overlaps();
             }
             if q.h.incompatible & header::INCOMPAT_DIRTY != 0 && !check_mode {
                 // Refcounts may be stale: rebuild them before any allocation.
@@ -303,6 +318,128 @@ impl Qcow2 {
         } else {
             Ok(())
         }
+    }
+
+    // ---- metadata overlap protection ----
+
+    /// Lists every live metadata structure. `strict` (at open): the fixed
+    /// tables must not overlap each other or the header, else an error
+    /// names both. L2 tables and refcount blocks are checked when loaded.
+    pub(crate) fn build_overlaps(&mut self, strict: bool) -> Result<()> {
+        let mut o = Overlaps::new(self.cluster_bits);
+        let add = |o: &mut Overlaps, what: &str, off: u64, len: u64, kind: Meta| match o
+            .insert(off, len, kind)
+        {
+            Some((at, k)) if strict => Err(Error::Corrupt(format!(
+                "{what} at {off:#x} overlaps the {} at {at:#x}",
+                k.name()
+            ))),
+            _ => Ok(()),
+        };
+        add(&mut o, "qcow2 header", 0, self.cs, Meta::Header)?;
+        add(
+            &mut o,
+            "Active L1 table",
+            self.h.l1_table_offset,
+            self.h.l1_size as u64 * 8,
+            Meta::ActiveL1,
+        )?;
+        add(
+            &mut o,
+            "Refcount table",
+            self.h.refcount_table_offset,
+            self.h.refcount_table_clusters as u64 * self.cs,
+            Meta::RefcountTable,
+        )?;
+        if self.h.nb_snapshots > 0 {
+            add(
+                &mut o,
+                "Snapshot table",
+                self.h.snapshots_offset,
+                self.snapshot_table_bytes,
+                Meta::SnapshotTable,
+            )?;
+        }
+        for sn in &self.snapshots {
+            add(
+                &mut o,
+                &format!("L1 table of snapshot {}", sn.id),
+                sn.l1_table_offset,
+                sn.l1_size as u64 * 8,
+                Meta::InactiveL1,
+            )?;
+        }
+        // The bitmap directory is live while its autoclear bit is set.
+        if let (Some((off, len, _)), true) = (self.h.bitmaps, self.h.autoclear & 1 != 0) {
+            if off.is_multiple_of(self.cs) && len <= 64 << 20 {
+                add(&mut o, "Bitmap directory", off, len, Meta::BitmapDirectory)?;
+            }
+        }
+        for &e in &self.reftable {
+            let off = e & L1E_OFFSET_MASK;
+            if off != 0 && off.is_multiple_of(self.cs) {
+                o.insert(off, self.cs, Meta::RefcountBlock);
+            }
+        }
+        for &e in &self.l1 {
+            let off = e & L1E_OFFSET_MASK;
+            if off != 0 && off.is_multiple_of(self.cs) {
+                o.insert(off, self.cs, Meta::ActiveL2);
+            }
+        }
+        self.overlaps = o;
+        Ok(())
+    }
+
+    /// After tables moved or changed wholesale (snapshots, resize, a new
+    /// refcount table): list them again.
+    pub(crate) fn rebuild_overlaps(&mut self) {
+        let _ = self.build_overlaps(false);
+    }
+
+    /// A table about to be loaded from `off` must not sit on metadata of
+    /// another kind (a hostile L1 or refcount table entry).
+    fn check_table_load(&self, what: &str, off: u64, kind: Meta) -> Result<()> {
+        if self.check_mode {
+            return Ok(());
+        }
+        match self.overlaps.find(off, self.cs, Some(kind)) {
+            Some((at, k)) => Err(Error::Corrupt(format!(
+                "{}: {what} at {off:#x} overlaps the {} at {at:#x}",
+                self.path.display(),
+                k.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// qemu's pre-write overlap check: a write to `[off, off+len)` that
+    /// would land on live metadata (other than `allowed`, the kind being
+    /// written) is refused and the image marked corrupt.
+    #[inline]
+    pub(crate) fn guard_write(&mut self, off: u64, len: u64, allowed: Option<Meta>) -> Result<()> {
+        match self.overlaps.find(off, len, allowed) {
+            None => Ok(()),
+            Some((at, kind)) => Err(self.signal_corruption(&format!(
+                "Preventing invalid write on metadata (overlaps with {} at {at:#x})",
+                kind.name()
+            ))),
+        }
+    }
+
+    /// Sets the corrupt bit (v3) and stops writing; the cached metadata is
+    /// dropped, not flushed (like qemu, which takes the image offline).
+    fn signal_corruption(&mut self, msg: &str) -> Error {
+        tracing::error!("{}: marking image as corrupt: {msg}", self.path.display());
+        if !self.read_only && self.h.version >= 3 {
+            let _ = self.set_incompat(self.h.incompatible | header::INCOMPAT_CORRUPT);
+        }
+        self.read_only = true;
+        self.marked_dirty = false;
+        Error::Corrupt(format!(
+            "{}: {msg}; image marked as corrupt",
+            self.path.display()
+        ))
     }
 
     // ---- geometry ----
@@ -375,6 +512,7 @@ impl Qcow2 {
                 "L2 table offset {off:#x} is not cluster aligned"
             )));
         }
+        self.check_table_load("L2 table", off, Meta::ActiveL2)?;
         let (i, dirty) = self.l2_cache.victim();
         if dirty {
             self.write_l2_slot(i)?;
@@ -417,6 +555,8 @@ impl Qcow2 {
             return Ok(());
         }
         self.write_refblocks()?;
+        let off = self.l2_cache.get(i).offset;
+        self.guard_write(off, self.cs, Some(Meta::ActiveL2))?;
         let slot = self.l2_cache.get(i);
         pwrite(&self.file, &self.path, &slot.data, slot.offset)?;
         self.l2_cache.mark_clean(i);
@@ -430,6 +570,8 @@ impl Qcow2 {
             return Ok(());
         }
         for i in self.rc_cache.dirty_slots() {
+            let off = self.rc_cache.get(i).offset;
+            self.guard_write(off, self.cs, Some(Meta::RefcountBlock))?;
             let s = self.rc_cache.get(i);
             pwrite(&self.file, &self.path, &s.data, s.offset)?;
             self.rc_cache.mark_clean(i);
@@ -458,6 +600,16 @@ impl Qcow2 {
             &val.to_be_bytes(),
             self.h.l1_table_offset + idx as u64 * 8,
         )?;
+        let old = self.l1[idx] & L1E_OFFSET_MASK;
+        let new = val & L1E_OFFSET_MASK;
+        if old != new {
+            if old != 0 {
+                self.overlaps.remove(old, Meta::ActiveL2);
+            }
+            if new != 0 {
+                self.overlaps.insert(new, self.cs, Meta::ActiveL2);
+            }
+        }
         self.l1[idx] = val;
         Ok(())
     }
@@ -498,6 +650,7 @@ impl Qcow2 {
         let new = self.alloc_clusters(1)?;
         // Refcounts first, then the table, then the L1 entry.
         self.write_refblocks()?;
+        self.guard_write(new, self.cs, None)?;
         pwrite(&self.file, &self.path, &content, new)?;
         self.note_written(new, self.cs);
         if !self.lazy_refcounts() {
@@ -530,6 +683,7 @@ impl Qcow2 {
     /// Guest data write (O_DIRECT when enabled and aligned).
     #[inline]
     fn data_pwrite(&mut self, buf: &[u8], off: u64) -> Result<()> {
+        self.guard_write(off, buf.len() as u64, None)?;
         if let Some(d) = self.direct.as_mut() {
             if let Some(r) = d.write(buf, off) {
                 return r.map_err(|e| io_err(&self.path, e));
@@ -867,6 +1021,7 @@ impl Qcow2 {
                         self.read_cluster_as(e, bm, gpos, &mut scratch)?;
                     }
                     scratch[in_c as usize..in_c as usize + data.len()].copy_from_slice(data);
+                    self.guard_write(host, cs, None)?;
                     pwrite(&self.file, &self.path, &scratch, host)?;
                     self.note_written(host, cs);
                 }
@@ -876,6 +1031,7 @@ impl Qcow2 {
                 scratch.resize(cs as usize, 0);
                 self.read_cluster_as(e, bm, gpos, &mut scratch)?;
                 scratch[in_c as usize..in_c as usize + data.len()].copy_from_slice(data);
+                self.guard_write(host, cs, None)?;
                 pwrite(&self.file, &self.path, &scratch, host)?;
                 self.note_written(host, cs);
                 let s0 = in_c >> self.sc_bits;
@@ -911,6 +1067,7 @@ impl Qcow2 {
                     self.read_cluster_range(e, bm, gpos, start + ts as u64, b)?;
                 }
                 scratch[head..tail_start].copy_from_slice(data);
+                self.guard_write(host + start, len as u64, None)?;
                 pwrite(&self.file, &self.path, &scratch[..len], host + start)?;
                 self.note_written(host + start, len as u64);
                 let touched = ((1u64 << (s1 - s0 + 1)) - 1) << s0;
@@ -1038,6 +1195,9 @@ impl Qcow2 {
                 }
                 return Ok(Plan::Locked);
             }
+            if write {
+                self.guard_write((e & L2E_OFFSET_MASK) + in_c, n as u64, None)?;
+            }
             push_seg(segs, (e & L2E_OFFSET_MASK) + in_c, done, n);
             done += n;
         }
@@ -1067,6 +1227,7 @@ impl Qcow2 {
         self.zcache = None;
         self.l2_for_write(gc)?;
         let host = self.alloc_clusters(1)?;
+        self.guard_write(host, self.cs, None)?;
         if self.direct.is_some() && host + self.cs > self.grown_to {
             let len = self
                 .file
@@ -1130,6 +1291,7 @@ impl Qcow2 {
         let gc = off >> self.cluster_bits;
         let slot = self.l2_for_write(gc)?;
         let host = self.alloc_bytes(packed.len() as u64)?;
+        self.guard_write(host, packed.len() as u64, None)?;
         pwrite(&self.file, &self.path, &packed, host)?;
         self.note_written(host, packed.len() as u64);
         let nsect = ((host & 511) + packed.len() as u64).div_ceil(512);

@@ -3,6 +3,7 @@
 //! are written before the table entry that points at them; a grown table is
 //! written (with its own refcounts) before the header switches to it.
 
+use super::overlap::Meta;
 use super::{pread, pwrite, Qcow2, L1E_OFFSET_MASK};
 use crate::{Error, Result};
 
@@ -60,8 +61,11 @@ impl Qcow2 {
                 "refcount block offset {off:#x} is invalid"
             )));
         }
+        self.check_table_load("refcount block", off, Meta::RefcountBlock)?;
         let (i, dirty) = self.rc_cache.victim();
         if dirty {
+            let victim = self.rc_cache.get(i).offset;
+            self.guard_write(victim, self.cs, Some(Meta::RefcountBlock))?;
             let s = self.rc_cache.get(i);
             pwrite(&self.file, &self.path, &s.data, s.offset)?;
             self.rc_cache.mark_clean(i);
@@ -147,16 +151,10 @@ impl Qcow2 {
         Ok(new)
     }
 
-    /// True when `c` overlaps metadata whose location the header fixes.
+    /// True when `c` holds live metadata: never handed out, even when its
+    /// refcount (wrongly) says free.
     fn is_fixed_metadata(&self, c: u64) -> bool {
-        let off = c << self.cluster_bits;
-        let inside = |start: u64, len: u64| len > 0 && off + self.cs > start && off < start + len;
-        c == 0
-            || inside(self.h.l1_table_offset, self.h.l1_size as u64 * 8)
-            || inside(
-                self.h.refcount_table_offset,
-                self.h.refcount_table_clusters as u64 * self.cs,
-            )
+        c == 0 || self.overlaps.covers(c)
     }
 
     /// First cluster index >= `from` starting `n` free clusters.
@@ -352,6 +350,7 @@ impl Qcow2 {
             self.write_refblocks()?;
         }
         let off = loc << self.cluster_bits;
+        self.guard_write(off, self.cs, None)?;
         pwrite(&self.file, &self.path, &block, off)?;
         self.note_written(off, self.cs);
         if !self.lazy_refcounts() {
@@ -364,6 +363,7 @@ impl Qcow2 {
             self.h.refcount_table_offset + b * 8,
         )?;
         self.reftable[b as usize] = off;
+        self.overlaps.insert(off, self.cs, Meta::RefcountBlock);
         if loc + 1 > self.end_cluster {
             self.end_cluster = loc + 1;
         }
@@ -411,7 +411,7 @@ impl Qcow2 {
             // The area must be free in the existing blocks too.
             let area = start..start + t + r;
             for c in area {
-                if self.get_refcount(c)? != 0 {
+                if self.get_refcount(c)? != 0 || self.overlaps.covers(c) {
                     start = c + 1;
                     continue 'place;
                 }
@@ -453,6 +453,8 @@ impl Qcow2 {
                 self.set_refcount(c, 1)?;
             }
         }
+        let toff = start << self.cluster_bits;
+        self.guard_write(toff, (t + r) * cs, None)?;
         for (k, (_, c)) in new_blocks.iter().enumerate() {
             pwrite(&self.file, &self.path, &bufs[k], c << self.cluster_bits)?;
         }
@@ -460,7 +462,6 @@ impl Qcow2 {
         for (i, e) in table.iter().enumerate() {
             raw[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
         }
-        let toff = start << self.cluster_bits;
         pwrite(&self.file, &self.path, &raw, toff)?;
         self.note_written(toff, (t + r) * cs);
         self.write_refblocks()?;
@@ -476,6 +477,7 @@ impl Qcow2 {
         self.h.refcount_table_offset = toff;
         self.h.refcount_table_clusters = t as u32;
         self.reftable = table;
+        self.rebuild_overlaps();
         if start + t + r > self.end_cluster {
             self.end_cluster = start + t + r;
         }

@@ -65,11 +65,13 @@ impl Snapshot {
 }
 
 /// Reads the snapshot table named by the header, validating every entry.
-pub(crate) fn read_table(q: &Qcow2) -> Result<Vec<Snapshot>> {
+/// Also returns the table's length on disk (entries may carry less extra
+/// data than we would write back).
+pub(crate) fn read_table(q: &Qcow2) -> Result<(Vec<Snapshot>, u64)> {
     let n = q.h.nb_snapshots;
     let mut out = Vec::new();
     if n == 0 {
-        return Ok(out);
+        return Ok((out, 0));
     }
     let file_len = q
         .file
@@ -153,17 +155,13 @@ pub(crate) fn read_table(q: &Qcow2) -> Result<Vec<Snapshot>> {
         });
         off += total.next_multiple_of(8);
     }
-    Ok(out)
+    Ok((out, off - q.h.snapshots_offset))
 }
 
 impl Qcow2 {
     /// Bytes the snapshot table occupies on disk.
     pub(crate) fn snapshot_table_len(&self) -> u64 {
-        let mut v = Vec::new();
-        for s in &self.snapshots {
-            s.serialize(&mut v);
-        }
-        v.len() as u64
+        self.snapshot_table_bytes
     }
 
     pub(crate) fn read_l1(&self, off: u64, n: u32) -> Result<Vec<u64>> {
@@ -177,14 +175,7 @@ impl Qcow2 {
     fn write_snapshot_table(&mut self) -> Result<()> {
         let old_off = self.h.snapshots_offset;
         let old_len = if self.h.nb_snapshots > 0 {
-            // length of the table as it is on disk now
-            let mut len = 0u64;
-            for s in read_table(self)? {
-                let mut v = Vec::new();
-                s.serialize(&mut v);
-                len += v.len() as u64;
-            }
-            len
+            self.snapshot_table_bytes
         } else {
             0
         };
@@ -192,11 +183,13 @@ impl Qcow2 {
         for s in &self.snapshots {
             s.serialize(&mut buf);
         }
+        let new_len = buf.len() as u64;
         let mut new_off = 0;
         if !buf.is_empty() {
             let n = (buf.len() as u64).div_ceil(self.cs);
             new_off = self.alloc_clusters(n)?;
             buf.resize((n * self.cs) as usize, 0);
+            self.guard_write(new_off, n * self.cs, None)?;
             pwrite(&self.file, &self.path, &buf, new_off)?;
             self.note_written(new_off, n * self.cs);
         }
@@ -209,6 +202,8 @@ impl Qcow2 {
         self.sync()?;
         self.h.nb_snapshots = self.snapshots.len() as u32;
         self.h.snapshots_offset = new_off;
+        self.snapshot_table_bytes = new_len;
+        self.rebuild_overlaps();
         if old_len > 0 {
             self.free_clusters(old_off, old_len.div_ceil(self.cs))?;
         }
@@ -303,7 +298,10 @@ impl Qcow2 {
         for (i, e) in self.l1.iter().enumerate() {
             raw[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
         }
-        pwrite(&self.file, &self.path, &raw, self.h.l1_table_offset)
+        pwrite(&self.file, &self.path, &raw, self.h.l1_table_offset)?;
+        // The active L2 tables may have changed wholesale.
+        self.rebuild_overlaps();
+        Ok(())
     }
 
     /// Replaces the active L1 table by a new one of `n` entries (contents
@@ -323,6 +321,7 @@ impl Qcow2 {
             raw[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
         }
         self.flush_metadata()?;
+        self.guard_write(new_off, clusters * self.cs, None)?;
         pwrite(&self.file, &self.path, &raw, new_off)?;
         self.note_written(new_off, clusters * self.cs);
         self.sync()?;
@@ -334,6 +333,7 @@ impl Qcow2 {
         self.h.l1_size = n;
         self.h.l1_table_offset = new_off;
         self.l1 = l1;
+        self.rebuild_overlaps();
         if old_clusters > 0 && old_off != 0 {
             self.free_clusters(old_off, old_clusters)?;
         }
@@ -358,11 +358,8 @@ impl Qcow2 {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        if self.snapshots.iter().any(|s| s.name == name) {
-            return Err(Error::InvalidArgument(format!(
-                "Could not create snapshot '{name}': snapshot with the same name exists"
-            )));
-        }
+        // A name already in use is not an error: qemu-img 7.2 adds a second
+        // snapshot with the same name (a new id); -a/-d then pick the first.
         if name.len() > u16::MAX as usize {
             return Err(Error::InvalidArgument("snapshot name too long".into()));
         }
@@ -398,6 +395,7 @@ impl Qcow2 {
             for (i, e) in self.l1.iter().enumerate() {
                 raw[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
             }
+            self.guard_write(off, clusters * self.cs, None)?;
             pwrite(&self.file, &self.path, &raw, off)?;
             self.note_written(off, clusters * self.cs);
             off
