@@ -40,6 +40,26 @@ impl SifiveGpio {
         }
     }
 
+    /// Registers, for snapshots.
+    pub fn save_state(&self) -> Vec<u32> {
+        self.regs.to_vec()
+    }
+
+    /// Loads registers (untrusted: the count must match; bits past the
+    /// pins are dropped). Outputs are not reported: the LEDs' consumer saw
+    /// these levels when the state was taken.
+    pub fn restore_state(&mut self, regs: &[u32]) -> Result<(), String> {
+        if regs.len() != NREGS {
+            return Err(format!("GPIO: {} registers, expected {NREGS}", regs.len()));
+        }
+        let m = self.mask();
+        for (r, v) in self.regs.iter_mut().zip(regs) {
+            *r = v & m;
+        }
+        self.driven = self.outputs();
+        Ok(())
+    }
+
     fn mask(&self) -> u32 {
         u32::MAX >> (32 - self.pins)
     }

@@ -3,7 +3,8 @@
 //! (16550 UART, goldfish RTC, sifive,test0 syscon, pvpanic-mmio, SiFive GPIO)
 //! that the machines share.
 //!
-//! Dependencies: `vm-superio` (rust-vmm's 16550 model, so we don't rewrite it).
+//! Dependencies: `vm-superio` (rust-vmm's 16550 model, so we don't rewrite it),
+//! `serde` (device state for snapshots).
 
 pub mod bus;
 pub mod gpio;
@@ -17,6 +18,6 @@ pub use bus::{Bus, BusDevice, BusError};
 pub use gpio::SifiveGpio;
 pub use irq::IrqLine;
 pub use pvpanic::{PvPanic, PvPanicEvent};
-pub use rtc::Rtc;
-pub use serial::Serial;
+pub use rtc::{Rtc, RtcState};
+pub use serial::{Serial, UartState};
 pub use syscon::{Syscon, SysconEvent};

@@ -8,6 +8,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{BusDevice, IrqLine};
 
 pub const RTC_MMIO_LEN: u64 = 0x1000;
@@ -62,7 +64,43 @@ pub struct Rtc {
     sh: Arc<Shared>,
 }
 
+/// The RTC's guest-visible state, for snapshots. Time stays the host's
+/// wall clock plus the guest's offset (QEMU's `-rtc base=utc` behaviour).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcState {
+    pub offset: i64,
+    pub alarm_next: u64,
+    pub alarm_running: bool,
+    pub irq_enabled: bool,
+    pub irq_pending: bool,
+}
+
 impl Rtc {
+    pub fn save_state(&self) -> RtcState {
+        let st = self.lock();
+        RtcState {
+            offset: st.offset,
+            alarm_next: st.alarm_next,
+            alarm_running: st.alarm_running,
+            irq_enabled: st.irq_enabled,
+            irq_pending: st.irq_pending,
+        }
+    }
+
+    pub fn restore_state(&self, s: &RtcState) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.offset = s.offset;
+        st.alarm_next = s.alarm_next;
+        st.irq_enabled = s.irq_enabled;
+        st.irq_pending = s.irq_pending;
+        st.alarm_running = false;
+        st.update_irq();
+        if s.alarm_running {
+            self.arm(st);
+        }
+    }
+
     pub fn new(irq: Arc<dyn IrqLine>) -> Self {
         irq.set_level(false);
         let st = State {

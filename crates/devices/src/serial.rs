@@ -9,7 +9,8 @@
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 
-use vm_superio::serial::{Serial as SuperioSerial, SerialEvents};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{Serial as SuperioSerial, SerialEvents, SerialState};
 use vm_superio::Trigger;
 
 use crate::{BusDevice, IrqLine};
@@ -64,6 +65,22 @@ impl SerialEvents for Events {
     }
 }
 
+/// The UART's registers and receive FIFO, for snapshots (vm-superio's
+/// `SerialState`, which has no serde support).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UartState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 /// A 16550A UART. Output goes to `out`; input arrives via [`Serial::enqueue`].
 pub struct Serial {
     inner: SuperioSerial<NoTrigger, Events, Box<dyn Write + Send>>,
@@ -102,6 +119,57 @@ impl Serial {
         }
         self.update_irq();
         n
+    }
+
+    pub fn save_state(&self) -> UartState {
+        let s = self.inner.state();
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Loads registers and FIFO (untrusted: a FIFO over 64 bytes is refused)
+    /// and drives the interrupt line to match.
+    pub fn restore_state(&mut self, s: &UartState) -> Result<(), String> {
+        let st = SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        if st.in_buffer.len() > 64 {
+            return Err(format!(
+                "UART: {} bytes in a 64-byte FIFO",
+                st.in_buffer.len()
+            ));
+        }
+        let placeholder: Box<dyn Write + Send> = Box::new(std::io::sink());
+        let old = std::mem::replace(
+            &mut self.inner,
+            SuperioSerial::with_events(NoTrigger, Events(self.rx_space.clone()), placeholder),
+        );
+        let out = old.into_writer();
+        self.inner = SuperioSerial::from_state(&st, NoTrigger, Events(self.rx_space.clone()), out)
+            .map_err(|e| format!("UART: {e:?}"))?;
+        self.level = !self.level;
+        self.update_irq();
+        self.rx_space.notify();
+        Ok(())
     }
 
     /// Room left in the receive FIFO.

@@ -57,11 +57,14 @@ impl HartShared {
     }
 }
 
-/// mtime derived from the host monotonic clock.
+/// mtime derived from the host monotonic clock; frozen while the machine is
+/// paused (it resumes where it stopped).
 pub struct Clock {
     start: Instant,
     hz: u64,
     offset: AtomicI64,
+    frozen: AtomicBool,
+    frozen_at: AtomicU64,
 }
 
 impl Clock {
@@ -70,6 +73,24 @@ impl Clock {
             start: Instant::now(),
             hz: hz.max(1),
             offset: AtomicI64::new(0),
+            frozen: AtomicBool::new(false),
+            frozen_at: AtomicU64::new(0),
+        }
+    }
+    /// Stops mtime at its current value (no-op if already frozen).
+    pub fn freeze(&self) {
+        if !self.frozen.load(Ordering::SeqCst) {
+            self.frozen_at.store(self.mtime(), Ordering::SeqCst);
+            self.frozen.store(true, Ordering::SeqCst);
+        }
+    }
+    /// Restarts mtime from where it was frozen.
+    pub fn thaw(&self) {
+        if self.frozen.load(Ordering::SeqCst) {
+            let v = self.frozen_at.load(Ordering::SeqCst);
+            self.offset
+                .store(v.wrapping_sub(self.ticks()) as i64, Ordering::SeqCst);
+            self.frozen.store(false, Ordering::SeqCst);
         }
     }
     fn ticks(&self) -> u64 {
@@ -77,10 +98,17 @@ impl Clock {
         (ns * self.hz as u128 / 1_000_000_000) as u64
     }
     pub fn mtime(&self) -> u64 {
+        if self.frozen.load(Ordering::Relaxed) {
+            return self.frozen_at.load(Ordering::Relaxed);
+        }
         self.ticks()
             .wrapping_add(self.offset.load(Ordering::Relaxed) as u64)
     }
     pub fn set_mtime(&self, v: u64) {
+        if self.frozen.load(Ordering::SeqCst) {
+            self.frozen_at.store(v, Ordering::SeqCst);
+            return;
+        }
         self.offset
             .store(v.wrapping_sub(self.ticks()) as i64, Ordering::Relaxed);
     }
@@ -111,6 +139,19 @@ pub struct Shared {
     pub clock: Clock,
     pub htif: Option<HtifConfig>,
     pub htif_console: Mutex<Option<Box<dyn FnMut(u8) + Send>>>,
+    /// Pause requested: harts park at their next block end (module `state`).
+    pub pause_req: AtomicBool,
+    /// Hart threads exist (inside `Cpus::run`).
+    pub in_run: AtomicBool,
+    pub park: Mutex<Park>,
+    pub park_cv: Condvar,
+}
+
+/// Parked harts and the state they deposit / are given to load.
+pub struct Park {
+    pub parked: usize,
+    pub saved: Vec<Option<crate::state::HartState>>,
+    pub load: Vec<Option<crate::state::HartState>>,
 }
 
 impl Shared {
@@ -138,6 +179,14 @@ impl Shared {
             clock: Clock::new(hz),
             htif,
             htif_console: Mutex::new(htif_console),
+            pause_req: AtomicBool::new(false),
+            in_run: AtomicBool::new(false),
+            park: Mutex::new(Park {
+                parked: 0,
+                saved: vec![None; harts],
+                load: vec![None; harts],
+            }),
+            park_cv: Condvar::new(),
         };
         if let Some(h) = &sh.htif {
             sh.mark_htif();
@@ -181,5 +230,8 @@ impl Shared {
         for h in self.harts.iter() {
             h.kick();
         }
+        // Parked harts (a paused machine) wake up to stop.
+        let _p = self.park.lock().unwrap_or_else(|p| p.into_inner());
+        self.park_cv.notify_all();
     }
 }

@@ -247,6 +247,12 @@ impl Hart {
             Ordering::Relaxed,
         );
         loop {
+            if sh.pause_req.load(Ordering::Relaxed) {
+                self.park();
+                if sh.exit_flag.load(Ordering::Relaxed) {
+                    return false;
+                }
+            }
             let mip = self.read_mip();
             if self.wfi {
                 if mip & self.mie != 0 {

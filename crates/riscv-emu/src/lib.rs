@@ -42,7 +42,8 @@
 //! counters when a run ends, `RISCV_EMU_TRACE=SECS` prints every hart's pc
 //! (low bits: privilege) every SECS seconds.
 //!
-//! Dependencies: `vm-memory` (rust-vmm guest memory, shared with the devices).
+//! Dependencies: `vm-memory` (rust-vmm guest memory, shared with the devices),
+//! `serde` (hart/ACLINT state for snapshots, encoded by the VMM).
 
 // manual_is_multiple_of: the workspace MSRV (1.85) predates is_multiple_of.
 // bad_bit_mask: the generic page-crossing check is trivially true for bytes.
@@ -64,6 +65,7 @@ pub mod fuzzing;
 mod hart;
 mod htif;
 mod mmu;
+mod state;
 mod tlb;
 mod trap;
 
@@ -75,6 +77,7 @@ use vm_memory::{
 
 use cpus::{Shared, MIP_MEIP, MIP_SEIP};
 use hart::{BlockCache, Hart};
+pub use state::{AclintState, CpuState, HartState, Pauser, StateError};
 
 /// Size of the ACLINT window (SiFive CLINT layout) returned by [`Cpus::aclint`].
 pub const ACLINT_SIZE: u64 = 0x1_0000;
@@ -297,6 +300,7 @@ impl Cpus {
     /// `ExitReason::Error`.
     pub fn run(&mut self, bus: Arc<dyn SystemBus>) -> ExitReason {
         let sh = self.sh.clone();
+        sh.in_run.store(true, std::sync::atomic::Ordering::SeqCst);
         std::thread::scope(|s| {
             // RISCV_EMU_TRACE=SECS: print every hart's pc (low bits: mode) periodically.
             if let Some(secs) = std::env::var("RISCV_EMU_TRACE")
@@ -344,6 +348,7 @@ impl Cpus {
                     .ok();
             }
         });
+        sh.in_run.store(false, std::sync::atomic::Ordering::SeqCst);
         let reason = sh
             .exit_reason
             .lock()

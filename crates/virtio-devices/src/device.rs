@@ -92,6 +92,16 @@ impl Interrupt {
         self.line.set_level(*s != 0);
     }
 
+    /// Restored state (snapshots): status bits, line level, generation and
+    /// the protocol-error flag as they were.
+    pub(crate) fn restore(&self, status: u32, generation: u32, needs_reset: bool) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        *s = status & (INT_VRING | INT_CONFIG);
+        self.config_generation.store(generation, Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        self.line.set_level(*s != 0);
+    }
+
     /// Device reset: nothing pending, line low, protocol error forgotten.
     pub(crate) fn reset(&self) {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,6 +172,13 @@ pub trait VirtioDevice: Send {
     /// Stop the worker (joining it) and return to the pre-activation state.
     /// Must be idempotent.
     fn reset(&mut self);
+    /// Pause (snapshots): stop the worker once the requests it has started
+    /// are complete (disks flushed), keep the backend, and return the queues
+    /// as they stand, ring indices intact; `activate` with them continues
+    /// where it stopped. `None`: not active, or the device cannot pause.
+    fn pause(&mut self) -> Option<Vec<QueueContext>> {
+        None
+    }
 }
 
 /// Copies the `data.len()` bytes at `offset` of a device's config space;

@@ -10,6 +10,7 @@
 pub mod console;
 #[cfg(target_arch = "x86_64")]
 pub mod kvm;
+pub mod snapshot;
 pub mod virtio;
 
 use std::path::{Path, PathBuf};
@@ -160,7 +161,7 @@ impl BootFiles {
 /// Virtio devices (`--disk`, `--net`, `--rng`: issue 4) are attached here,
 /// through [`MachineBuilder::add_virtio`] / [`MachineBuilder::attach_virtio`].
 fn attach_virtio(builder: &mut MachineBuilder, args: &RunArgs) -> Result<()> {
-    virtio::attach(builder, &args.virtio)
+    virtio::attach(builder, &args.virtio).map(|_| ())
 }
 
 /// Runs a VM; returns the process exit code.

@@ -18,7 +18,7 @@ use virtio_devices::rng::Rng;
 use virtio_devices::{MmioTransport, VirtioDevice};
 
 /// The virtio part of `ferro run`'s flags.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VirtioArgs {
     /// Attach a virtio-blk disk: PATH[,format=raw|qcow2][,readonly=on][,serial=ID]
     /// (repeatable; the first is /dev/vda). A ',' in PATH is written ',,'.
@@ -38,13 +38,13 @@ pub struct VirtioArgs {
     pub virtio_console: Option<ConsoleSpec>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DiskFormat {
     Raw,
     Qcow2,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub format: Option<DiskFormat>,
@@ -52,19 +52,19 @@ pub struct DiskSpec {
     pub serial: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NetBackend {
     Tap(String),
     Bridge(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetSpec {
     pub backend: NetBackend,
     pub mac: Option<[u8; 6]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConsoleSpec {
     Socket(PathBuf),
     File(PathBuf),
@@ -284,30 +284,40 @@ impl VirtioHost for MachineBuilder {
     }
 }
 
-fn attach_one(builder: &mut impl VirtioHost, dev: Box<dyn VirtioDevice>) -> Result<()> {
+/// Attached transports, in slot order (snapshots reach their state).
+pub type Transports = Vec<Arc<Mutex<MmioTransport>>>;
+
+fn attach_one(
+    builder: &mut impl VirtioHost,
+    dev: Box<dyn VirtioDevice>,
+    out: &mut Transports,
+) -> Result<()> {
     let slot = builder.add_virtio()?;
     let t = MmioTransport::new(dev, builder.memory().clone(), slot.irq.clone())
         .context("virtio-mmio transport")?;
-    builder.attach_virtio(&slot, Arc::new(Mutex::new(t)))?;
+    let t = Arc::new(Mutex::new(t));
+    builder.attach_virtio(&slot, t.clone())?;
+    out.push(t);
     Ok(())
 }
 
 /// Opens every backend and attaches the devices. Called once per boot (a
 /// guest reboot rebuilds the machine after the old one has released them).
-pub fn attach(builder: &mut impl VirtioHost, args: &VirtioArgs) -> Result<()> {
+pub fn attach(builder: &mut impl VirtioHost, args: &VirtioArgs) -> Result<Transports> {
+    let mut out = Vec::new();
     for d in &args.disk {
-        attach_one(builder, Box::new(open_disk(d)?))?;
+        attach_one(builder, Box::new(open_disk(d)?), &mut out)?;
     }
     for (i, n) in args.net.iter().enumerate() {
-        attach_one(builder, Box::new(open_net(i, n)?))?;
+        attach_one(builder, Box::new(open_net(i, n)?), &mut out)?;
     }
     if args.rng {
-        attach_one(builder, Box::new(Rng::new()))?;
+        attach_one(builder, Box::new(Rng::new()), &mut out)?;
     }
     if let Some(c) = &args.virtio_console {
-        attach_one(builder, Box::new(open_console(c)?))?;
+        attach_one(builder, Box::new(open_console(c)?), &mut out)?;
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

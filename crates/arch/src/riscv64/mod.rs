@@ -17,9 +17,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use devices::{
-    Bus, BusDevice, IrqLine, PvPanic, PvPanicEvent, Rtc, Serial, SifiveGpio, Syscon, SysconEvent,
+    Bus, BusDevice, IrqLine, PvPanic, PvPanicEvent, Rtc, RtcState, Serial, SifiveGpio, Syscon,
+    SysconEvent, UartState,
 };
-use riscv_emu::{Control, CpuConfig, Cpus, ExitReason, HtifConfig, Mode, SystemBus};
+use riscv_emu::{
+    Control, CpuConfig, CpuState, Cpus, ExitReason, HtifConfig, Mode, Pauser, SystemBus,
+};
+use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use layout::*;
@@ -51,6 +55,8 @@ pub enum Boot {
     },
     /// A bare-metal ELF run in M mode; HTIF from its `tohost`/`fromhost`.
     BareElf { elf: Blob },
+    /// Nothing loaded: RAM and the harts' state come from a snapshot.
+    Empty,
 }
 
 pub struct MachineConfig {
@@ -152,6 +158,8 @@ pub struct MachineBuilder {
     bus: Bus,
     plic: Arc<Mutex<Plic>>,
     uart: Arc<Mutex<Serial>>,
+    rtc: Arc<Mutex<Rtc>>,
+    gpio: Arc<Mutex<SifiveGpio>>,
     virtio: [bool; VIRTIO_SLOTS],
     reserved: [bool; VIRTIO_SLOTS],
 }
@@ -160,6 +168,7 @@ pub struct Machine {
     cpus: Cpus,
     bus: Arc<MachineBus>,
     uart: Arc<Mutex<Serial>>,
+    platform: Platform,
     ram: GuestMemoryMmap,
     layout: BootLayout,
     dtb: Vec<u8>,
@@ -296,13 +305,21 @@ impl MachineBuilder {
                     need(format!("the initrd {}", i.label), total)?;
                 }
             }
-            Boot::BareElf { .. } => {}
+            Boot::BareElf { .. } | Boot::Empty => {}
         }
         let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), ram_size as usize)])
             .map_err(|e| Error::Ram(e.to_string()))?;
 
         let mut htif = None;
         let layout = match &boot {
+            Boot::Empty => BootLayout {
+                entry: RAM_BASE,
+                entry_mode_machine: true,
+                kernel: None,
+                initrd: None,
+                fdt_addr,
+                dyn_info_addr: None,
+            },
             Boot::BareElf { elf } => {
                 let (parsed, _) = load_elf(&ram, ram_size, elf, "kernel")?;
                 let sym = |n| loader::elf_symbol(&elf.data, n).map(|v| parsed.to_phys(v));
@@ -448,8 +465,8 @@ impl MachineBuilder {
 
         let mut bus = Bus::new();
         bus.insert(SYSCON_BASE, devices::syscon::SYSCON_MMIO_LEN, syscon)?;
-        bus.insert(RTC_BASE, devices::rtc::RTC_MMIO_LEN, rtc)?;
-        bus.insert(GPIO_BASE, devices::gpio::GPIO_MMIO_LEN, gpio)?;
+        bus.insert(RTC_BASE, devices::rtc::RTC_MMIO_LEN, rtc.clone())?;
+        bus.insert(GPIO_BASE, devices::gpio::GPIO_MMIO_LEN, gpio.clone())?;
         bus.insert(PVPANIC_BASE, devices::pvpanic::PVPANIC_MMIO_LEN, pvpanic)?;
         bus.insert(CLINT_BASE, riscv_emu::ACLINT_SIZE, cpus.aclint())?;
         bus.insert(PLIC_BASE, plic::PLIC_MMIO_LEN, plic.clone())?;
@@ -465,6 +482,8 @@ impl MachineBuilder {
             bus,
             plic,
             uart,
+            rtc,
+            gpio,
             virtio: [false; VIRTIO_SLOTS],
             reserved: [false; VIRTIO_SLOTS],
         })
@@ -518,6 +537,9 @@ impl MachineBuilder {
             mut cpus,
             bus,
             uart,
+            rtc,
+            gpio,
+            plic,
             virtio,
             ..
         } = self;
@@ -570,9 +592,17 @@ impl MachineBuilder {
             };
             cpus.set_boot_state(h, layout.entry, &regs, mode);
         }
+        let platform = Platform {
+            pauser: cpus.pauser(),
+            plic,
+            uart: uart.clone(),
+            rtc,
+            gpio,
+        };
         Ok(Machine {
             cpus,
             bus: Arc::new(MachineBus { bus }),
+            platform,
             uart,
             ram,
             layout,
@@ -581,7 +611,86 @@ impl MachineBuilder {
     }
 }
 
+/// Machine state for snapshots: harts and ACLINT, PLIC, UART, RTC, GPIO.
+/// (The syscon, pvpanic and HTIF hold none; HTIF's words are in RAM.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineState {
+    pub cpus: CpuState,
+    pub plic: plic::PlicState,
+    pub uart: UartState,
+    pub rtc: RtcState,
+    pub gpio: Vec<u32>,
+}
+
+/// Clonable handle on a machine's pause/resume and platform state, usable
+/// from another thread while [`Machine::run`] blocks.
+#[derive(Clone)]
+pub struct Platform {
+    pauser: Pauser,
+    plic: Arc<Mutex<Plic>>,
+    uart: Arc<Mutex<Serial>>,
+    rtc: Arc<Mutex<Rtc>>,
+    gpio: Arc<Mutex<SifiveGpio>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Platform {
+    /// Parks every hart at a block boundary and freezes mtime (see
+    /// `riscv_emu::Pauser`). Devices with worker threads are the caller's.
+    pub fn pause(&self) -> Result<(), riscv_emu::StateError> {
+        self.pauser.pause()
+    }
+    pub fn resume(&self) {
+        self.pauser.resume()
+    }
+    pub fn is_paused(&self) -> bool {
+        self.pauser.is_paused()
+    }
+    /// The paused machine's state (harts as they parked).
+    pub fn save(&self) -> Result<MachineState, String> {
+        let cpus = self.pauser.save().map_err(|e| e.to_string())?;
+        Ok(self.with_cpus(cpus))
+    }
+    fn with_cpus(&self, cpus: CpuState) -> MachineState {
+        MachineState {
+            cpus,
+            plic: lock(&self.plic).save_state(),
+            uart: lock(&self.uart).save_state(),
+            rtc: lock(&self.rtc).save_state(),
+            gpio: lock(&self.gpio).save_state(),
+        }
+    }
+    /// Loads the platform devices (PLIC first, so that the devices' lines
+    /// meet its restored gateways) and gives the parked harts their state.
+    pub fn load(&self, s: &MachineState) -> Result<(), String> {
+        lock(&self.plic).restore_state(&s.plic)?;
+        lock(&self.uart).restore_state(&s.uart)?;
+        lock(&self.rtc).restore_state(&s.rtc);
+        lock(&self.gpio).restore_state(&s.gpio)?;
+        self.pauser.load(&s.cpus).map_err(|e| e.to_string())
+    }
+}
+
 impl Machine {
+    /// Pause/resume and state handle.
+    pub fn platform(&self) -> Platform {
+        self.platform.clone()
+    }
+    /// State while not running (e.g. before the first `run`).
+    pub fn save_state(&self) -> MachineState {
+        self.platform.with_cpus(self.cpus.save_state())
+    }
+    /// Loads a state while not running (a machine restored at start-up).
+    pub fn restore_state(&mut self, s: &MachineState) -> Result<(), String> {
+        lock(&self.platform.plic).restore_state(&s.plic)?;
+        lock(&self.platform.uart).restore_state(&s.uart)?;
+        lock(&self.platform.rtc).restore_state(&s.rtc);
+        lock(&self.platform.gpio).restore_state(&s.gpio)?;
+        self.cpus.restore_state(&s.cpus).map_err(|e| e.to_string())
+    }
     /// UART0, for the host console's input side.
     pub fn uart(&self) -> Arc<Mutex<Serial>> {
         self.uart.clone()

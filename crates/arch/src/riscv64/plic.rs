@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::{BusDevice, IrqLine};
 use riscv_emu::IrqContext;
+use serde::{Deserialize, Serialize};
 
 /// Sources 1..=NDEV (source 0 does not exist), as QEMU `virt` advertises.
 pub const PLIC_NDEV: u32 = 95;
@@ -25,6 +26,17 @@ const CONTEXT_STRIDE: u64 = 0x1000;
 const MAX_PRIORITY: u32 = 7;
 
 pub type PlicSink = Box<dyn Fn(usize, IrqContext, bool) + Send>;
+
+/// The PLIC's registers and gateway state, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlicState {
+    pub priority: Vec<u32>,
+    pub level: Vec<u32>,
+    pub pending: Vec<u32>,
+    pub claimed: Vec<u32>,
+    pub enable: Vec<Vec<u32>>,
+    pub threshold: Vec<u32>,
+}
 
 pub struct Plic {
     priority: [u32; PLIC_NDEV as usize + 1],
@@ -54,6 +66,65 @@ impl Plic {
             out: vec![false; nctx],
             sink: None,
         }
+    }
+
+    pub fn save_state(&self) -> PlicState {
+        PlicState {
+            priority: self.priority.to_vec(),
+            level: self.level.to_vec(),
+            pending: self.pending.to_vec(),
+            claimed: self.claimed.to_vec(),
+            enable: self.enable.iter().map(|e| e.to_vec()).collect(),
+            threshold: self.threshold.clone(),
+        }
+    }
+
+    /// Loads `s` (untrusted: shapes and ranges checked, bits outside the
+    /// sources masked) and drives every output to match.
+    pub fn restore_state(&mut self, s: &PlicState) -> Result<(), String> {
+        let nctx = self.out.len();
+        let words = |v: &Vec<u32>| v.len() == WORDS;
+        if s.priority.len() != self.priority.len()
+            || !words(&s.level)
+            || !words(&s.pending)
+            || !words(&s.claimed)
+            || s.enable.len() != nctx
+            || !s.enable.iter().all(words)
+            || s.threshold.len() != nctx
+        {
+            return Err(format!(
+                "PLIC: the state does not have the shape of a {}-hart PLIC",
+                nctx / 2
+            ));
+        }
+        let mut valid = [u32::MAX; WORDS];
+        valid[0] &= !1;
+        for (w, v) in valid.iter_mut().enumerate() {
+            let top = (w as u32 + 1) * 32;
+            if top > PLIC_NDEV + 1 {
+                *v &= u32::MAX.checked_shr(top - (PLIC_NDEV + 1)).unwrap_or(0);
+            }
+        }
+        for (i, p) in s.priority.iter().enumerate() {
+            self.priority[i] = if i == 0 { 0 } else { (*p).min(MAX_PRIORITY) };
+        }
+        for (w, &v) in valid.iter().enumerate() {
+            self.level[w] = s.level[w] & v;
+            self.pending[w] = s.pending[w] & v;
+            self.claimed[w] = s.claimed[w] & v;
+            for (e, se) in self.enable.iter_mut().zip(&s.enable) {
+                e[w] = se[w] & v;
+            }
+        }
+        for c in 0..nctx {
+            self.threshold[c] = s.threshold[c].min(MAX_PRIORITY);
+        }
+        // Drive every output, whatever it was.
+        for ctx in 0..nctx {
+            self.out[ctx] = self.best(ctx) == 0;
+        }
+        self.update();
+        Ok(())
     }
 
     /// Connects the outputs (done once the harts exist) and drives them.

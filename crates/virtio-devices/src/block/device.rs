@@ -45,9 +45,12 @@ pub(crate) struct Settings {
     pub acked: u64,
 }
 
+/// What the worker hands back when stopped: the backend and the queue.
+type Stopped = (Box<dyn BlockBackend>, QueueContext);
+
 pub struct Block {
     backend: Option<Box<dyn BlockBackend>>,
-    worker: Option<Worker<Option<Box<dyn BlockBackend>>>>,
+    worker: Option<Worker<Option<Stopped>>>,
     read_only: bool,
     serial: [u8; ID_BYTES],
     block_size: u32,
@@ -153,11 +156,17 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         if let Some(w) = self.worker.take() {
             // The worker flushes before handing the backend back.
-            self.backend = w.stop().flatten();
+            self.backend = w.stop().flatten().map(|(b, _)| b);
             if self.backend.is_none() {
                 tracing::error!("virtio-blk: worker lost the disk backend");
             }
         }
+    }
+
+    fn pause(&mut self) -> Option<Vec<QueueContext>> {
+        let (backend, q) = self.worker.take()?.stop().flatten()?;
+        self.backend = Some(backend);
+        Some(vec![q])
     }
 }
 

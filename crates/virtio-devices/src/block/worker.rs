@@ -40,12 +40,14 @@ impl BlockWorker {
         }
     }
 
-    pub fn run(mut self, stop: EventFd) -> Option<Box<dyn BlockBackend>> {
+    /// Serves until stopped; then flushes and hands back the backend and
+    /// the queue (for a pause).
+    pub fn run(mut self, stop: EventFd) -> Option<(Box<dyn BlockBackend>, QueueContext)> {
         self.serve(&stop);
         if let Err(e) = self.backend.flush() {
             tracing::error!("virtio-blk: flush at device stop failed: {e}");
         }
-        Some(self.backend)
+        Some((self.backend, self.q))
     }
 
     fn serve(&mut self, stop: &EventFd) {

@@ -20,9 +20,12 @@ pub struct ConsoleIo {
     pub output: Box<dyn Write + Send>,
 }
 
+/// What the worker hands back when stopped: the I/O and the queues.
+type Stopped = (ConsoleIo, Vec<QueueContext>);
+
 pub struct Console {
     io: Option<ConsoleIo>,
-    worker: Option<Worker<Option<ConsoleIo>>>,
+    worker: Option<Worker<Option<Stopped>>>,
 }
 
 impl Console {
@@ -70,7 +73,13 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         if let Some(w) = self.worker.take() {
-            self.io = w.stop().flatten();
+            self.io = w.stop().flatten().map(|(io, _)| io);
         }
+    }
+
+    fn pause(&mut self) -> Option<Vec<QueueContext>> {
+        let (io, queues) = self.worker.take()?.stop().flatten()?;
+        self.io = Some(io);
+        Some(queues)
     }
 }

@@ -52,12 +52,14 @@ impl ConsoleWorker {
         }
     }
 
-    pub fn run(mut self, stop: EventFd) -> Option<ConsoleIo> {
+    /// Serves until stopped; hands back the I/O and the queues (rx, tx).
+    /// Input read but not yet delivered is dropped.
+    pub fn run(mut self, stop: EventFd) -> Option<(ConsoleIo, Vec<QueueContext>)> {
         if let Err(e) = self.serve(&stop) {
             self.irq
                 .set_needs_reset(format_args!("console worker: {e}"));
         }
-        Some(self.io)
+        Some((self.io, vec![self.rx, self.tx]))
     }
 
     fn serve(&mut self, stop: &EventFd) -> std::io::Result<()> {

@@ -40,10 +40,13 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], NetError> {
     Ok(mac)
 }
 
+/// What the worker hands back when stopped: the TAP and the queues.
+type Stopped = (Tap, Vec<QueueContext>);
+
 pub struct Net {
     tap: Option<Tap>,
     mac: [u8; 6],
-    worker: Option<Worker<Option<Tap>>>,
+    worker: Option<Worker<Option<Stopped>>>,
 }
 
 impl Net {
@@ -130,8 +133,14 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         if let Some(w) = self.worker.take() {
-            self.tap = w.stop().flatten();
+            self.tap = w.stop().flatten().map(|(t, _)| t);
         }
+    }
+
+    fn pause(&mut self) -> Option<Vec<QueueContext>> {
+        let (tap, queues) = self.worker.take()?.stop().flatten()?;
+        self.tap = Some(tap);
+        Some(queues)
     }
 }
 

@@ -78,11 +78,13 @@ impl NetWorker {
         }
     }
 
-    pub fn run(mut self, stop: EventFd) -> Option<Tap> {
+    /// Serves until stopped; hands back the TAP and the queues (rx, tx). A
+    /// frame read from the TAP but not yet delivered is dropped, as on a wire.
+    pub fn run(mut self, stop: EventFd) -> Option<(Tap, Vec<QueueContext>)> {
         if let Err(e) = self.serve(&stop) {
             self.irq.set_needs_reset(format_args!("net worker: {e}"));
         }
-        Some(self.tap)
+        Some((self.tap, vec![self.rx, self.tx]))
     }
 
     fn serve(&mut self, stop: &EventFd) -> io::Result<()> {

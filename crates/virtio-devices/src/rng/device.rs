@@ -10,7 +10,7 @@ pub(crate) const QUEUE_SIZE: u16 = 256;
 
 #[derive(Default)]
 pub struct Rng {
-    worker: Option<Worker<()>>,
+    worker: Option<Worker<QueueContext>>,
 }
 
 impl Rng {
@@ -55,5 +55,9 @@ impl VirtioDevice for Rng {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+    }
+
+    fn pause(&mut self) -> Option<Vec<QueueContext>> {
+        Some(vec![self.worker.take()?.stop()?])
     }
 }

@@ -15,23 +15,33 @@ use crate::Mem;
 /// bounds the time one hostile 4 GiB chain can hold the worker.
 const MAX_PER_REQUEST: u64 = 64 * 1024;
 
-pub(crate) fn run(mem: Mem, irq: Arc<Interrupt>, mut q: QueueContext, stop: EventFd) {
+/// Serves until stopped; returns the queue (for a pause).
+pub(crate) fn run(
+    mem: Mem,
+    irq: Arc<Interrupt>,
+    mut q: QueueContext,
+    stop: EventFd,
+) -> QueueContext {
     let mut poller = match Poller::new() {
         Ok(p) => p,
-        Err(e) => return irq.set_needs_reset(format_args!("epoll: {e}")),
+        Err(e) => {
+            irq.set_needs_reset(format_args!("epoll: {e}"));
+            return q;
+        }
     };
     if let Err(e) = poller
         .add(q.notify.as_raw_fd(), 0)
         .and_then(|_| poller.add(stop.as_raw_fd(), STOP_TOKEN))
     {
-        return irq.set_needs_reset(format_args!("epoll: {e}"));
+        irq.set_needs_reset(format_args!("epoll: {e}"));
+        return q;
     }
     let mut handler = |mem: &Mem, chain: Chain| fill(mem, &chain);
     loop {
-        let Ok(tokens) = poller.wait() else { return };
+        let Ok(tokens) = poller.wait() else { return q };
         for t in tokens {
             if t == STOP_TOKEN {
-                return;
+                return q;
             }
             consume(&q.notify);
             drain(&mut q.queue, &mem, &irq, &q.notify, &mut handler);

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use devices::{BusDevice, IrqLine};
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -64,13 +65,13 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct QueueRegs {
-    size: u16,
-    ready: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRegs {
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
 }
 
 fn set_low(v: &mut u64, low: u32) {
@@ -95,6 +96,30 @@ pub struct MmioTransport {
     acked_features: u64,
     status: u32,
     activated: bool,
+    /// While paused (snapshots): the queues the device handed back.
+    paused: Option<Vec<QueueContext>>,
+}
+
+/// A transport's state for snapshots: registers, ring positions, interrupt
+/// state, and what the device offered (checked on restore, so a state file
+/// cannot attach a different device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub offered_features: u64,
+    pub queue_max_sizes: Vec<u16>,
+    pub status: u32,
+    pub acked_features: u64,
+    pub queue_sel: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queues: Vec<QueueRegs>,
+    pub activated: bool,
+    /// (next_avail, next_used) of each queue; empty unless activated.
+    pub rings: Vec<(u16, u16)>,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    pub needs_reset: bool,
 }
 
 impl MmioTransport {
@@ -135,7 +160,165 @@ impl MmioTransport {
             acked_features: 0,
             status: 0,
             activated: false,
+            paused: None,
         })
+    }
+
+    /// Stops the device's worker once its started requests are complete and
+    /// keeps the queues; the guest's registers stay as they are. Idempotent.
+    pub fn pause(&mut self) -> Result<(), String> {
+        if !self.activated || self.paused.is_some() {
+            return Ok(());
+        }
+        match self.device.pause() {
+            Some(q) => {
+                self.paused = Some(q);
+                Ok(())
+            }
+            None => Err(format!(
+                "virtio-{}: the device cannot pause",
+                self.interrupt.name()
+            )),
+        }
+    }
+
+    /// Restarts the paused worker. Each queue is kicked once (a notification
+    /// the stopped worker had not consumed, or one from before a restore,
+    /// must not be lost; a spurious one is harmless).
+    pub fn resume(&mut self) -> Result<(), String> {
+        let Some(queues) = self.paused.take() else {
+            return Ok(());
+        };
+        for q in &queues {
+            let _ = q.notify.write(1);
+        }
+        self.device
+            .activate(
+                self.mem.clone(),
+                self.interrupt.clone(),
+                queues,
+                self.acked_features,
+            )
+            .map_err(|e| {
+                self.activated = false;
+                let msg = format!("virtio-{}: cannot resume: {e}", self.interrupt.name());
+                self.interrupt.set_needs_reset(format_args!("{msg}"));
+                msg
+            })
+    }
+
+    /// The transport's state; the device must be paused (or not active).
+    pub fn save_state(&self) -> Result<TransportState, String> {
+        let rings = match (&self.paused, self.activated) {
+            (Some(q), _) => q
+                .iter()
+                .map(|c| (c.queue.next_avail(), c.queue.next_used()))
+                .collect(),
+            (None, false) => Vec::new(),
+            (None, true) => {
+                return Err(format!(
+                    "virtio-{}: state saved while the device runs",
+                    self.interrupt.name()
+                ))
+            }
+        };
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            offered_features: self.offered_features(),
+            queue_max_sizes: self.max_sizes.clone(),
+            status: self.status,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queues: self.queues.clone(),
+            activated: self.activated,
+            rings,
+            interrupt_status: self.interrupt.status(),
+            config_generation: self.interrupt.config_generation(),
+            needs_reset: self.interrupt.needs_reset(),
+        })
+    }
+
+    /// Loads `s` (untrusted: checked like the guest's own register writes,
+    /// rings inside RAM) into this transport, which is reset first. Guest RAM
+    /// must already hold the restored contents. An active device is left
+    /// paused: [`MmioTransport::resume`] starts it.
+    pub fn restore_state(&mut self, s: &TransportState) -> Result<(), String> {
+        let name = self.interrupt.name().to_string();
+        let err = |m: String| format!("virtio-{name}: {m}");
+        if s.device_type != self.device.device_type()
+            || s.offered_features != self.offered_features()
+            || s.queue_max_sizes != self.max_sizes
+        {
+            return Err(err(format!(
+                "the state is for device type {} (features {:#x}, queues {:?}), this one is type {} (features {:#x}, queues {:?})",
+                s.device_type,
+                s.offered_features,
+                s.queue_max_sizes,
+                self.device.device_type(),
+                self.offered_features(),
+                self.max_sizes
+            )));
+        }
+        if s.queues.len() != self.max_sizes.len() {
+            return Err(err(format!(
+                "{} queue registers for {} queues",
+                s.queues.len(),
+                self.max_sizes.len()
+            )));
+        }
+        if s.acked_features & !self.offered_features() != 0 {
+            return Err(err(format!(
+                "acked features {:#x} were never offered",
+                s.acked_features
+            )));
+        }
+        self.reset();
+        self.queues = s.queues.clone();
+        self.acked_features = s.acked_features;
+        self.queue_sel = s.queue_sel;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.status = s.status & !status::DEVICE_NEEDS_RESET;
+        self.interrupt
+            .restore(s.interrupt_status, s.config_generation, s.needs_reset);
+        if !s.activated {
+            if s.status & status::DRIVER_OK != 0 && !s.needs_reset {
+                return Err(err("DRIVER_OK set on an inactive device".into()));
+            }
+            return Ok(());
+        }
+        let ok = status::FEATURES_OK | status::DRIVER_OK;
+        if s.status & ok != ok || s.rings.len() != self.queues.len() {
+            self.reset();
+            return Err(err(
+                "active without FEATURES_OK and DRIVER_OK, or ring positions missing".into(),
+            ));
+        }
+        let mut ctxs = Vec::with_capacity(self.queues.len());
+        for (i, &(avail, used)) in s.rings.iter().enumerate() {
+            let built = self.build_queue(i).and_then(|mut queue| {
+                if self.queues[i].ready {
+                    queue.set_next_avail(avail);
+                    queue.set_next_used(used);
+                }
+                let notify = self.notify[i]
+                    .try_clone()
+                    .map_err(|e| format!("cannot clone eventfd: {e}"))?;
+                Ok(QueueContext { queue, notify })
+            });
+            match built {
+                Ok(c) => ctxs.push(c),
+                Err(m) => {
+                    self.reset();
+                    return Err(err(m));
+                }
+            }
+        }
+        self.activated = true;
+        self.paused = Some(ctxs);
+        Ok(())
     }
 
     /// Shared interrupt state (tests and the VMM use it to observe the device).
@@ -168,6 +351,7 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         self.device.reset();
+        self.paused = None;
         for (q, &max) in self.queues.iter_mut().zip(&self.max_sizes) {
             *q = QueueRegs {
                 size: max,
