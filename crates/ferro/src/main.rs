@@ -23,6 +23,12 @@ enum Cmd {
     Img(imgtool::ImgArgs),
     /// Fetch and prepare the default guest.
     Guest(guest::GuestArgs),
+    /// Docker-like containers and images (run, ps, exec, logs, build, pull…).
+    Container(engine::ContainerArgs),
+    /// List containers (`ferro container ps`).
+    Ps(engine::PsArgs),
+    /// List images (`ferro container images`).
+    Images(engine::ImagesArgs),
 }
 
 fn main() {
@@ -38,6 +44,9 @@ fn main() {
         Some(Cmd::Img(a)) => imgtool::main(a),
         Some(Cmd::Guest(a)) => report(guest::main(a)),
         Some(Cmd::Run(a)) => report(vmm::run(a)),
+        Some(Cmd::Container(a)) => engine::main(a),
+        Some(Cmd::Ps(a)) => engine::ps_main(a),
+        Some(Cmd::Images(a)) => engine::images_main(a),
         None => report(vmm::run_default()),
     };
     std::process::exit(code);

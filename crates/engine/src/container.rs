@@ -1,0 +1,265 @@
+//! Containers on disk: `containers/<id>/` holds `state.json` (config and
+//! status), the OCI bundle (`config.json`, `rootfs/` = overlay of the image
+//! layers with `upper/` + `work/`), `container.log` (docker json-file lines)
+//! and the files bind-mounted into `/etc`.
+
+use crate::paths::Engine;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct Bind {
+    pub host: String,
+    pub container: String,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct Port {
+    pub host: u16,
+    pub container: u16,
+    pub proto: String,
+}
+
+/// What `run`/`create` asked for.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct RunConfig {
+    pub image: String,
+    pub image_id: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+    pub tty: bool,
+    pub interactive: bool,
+    pub binds: Vec<Bind>,
+    pub ports: Vec<Port>,
+    pub network: String,
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub restart: String,
+    pub auto_remove: bool,
+    pub hostname: String,
+    pub runtime: Vec<String>,
+    pub stop_signal: String,
+    pub layers: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct Status {
+    /// created | running | exited
+    pub status: String,
+    pub pid: i32,
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub restart_count: u32,
+    pub monitor_pid: i32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub config: RunConfig,
+    pub state: Status,
+    pub ip: String,
+}
+
+impl Container {
+    pub fn dir(&self, eng: &Engine) -> PathBuf {
+        eng.containers_dir().join(&self.id)
+    }
+
+    pub fn load(eng: &Engine, id: &str) -> Result<Container> {
+        let p = eng.containers_dir().join(id).join("state.json");
+        let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    /// Rewrites state.json atomically.
+    pub fn save(&self, eng: &Engine) -> Result<()> {
+        let dir = self.dir(eng);
+        let tmp = dir.join("state.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, dir.join("state.json")).context("replacing state.json")?;
+        Ok(())
+    }
+
+    /// Re-reads status fields the monitor wrote, keeping the rest.
+    pub fn refresh(&mut self, eng: &Engine) -> Result<()> {
+        *self = Container::load(eng, &self.id)?;
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state.status == "running"
+    }
+
+    pub fn short_id(&self) -> &str {
+        &self.id[..12]
+    }
+
+    pub fn cgroup_path(&self) -> String {
+        format!("/ferro/{}", self.id)
+    }
+}
+
+/// All containers, newest first.
+pub fn list(eng: &Engine) -> Result<Vec<Container>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(eng.containers_dir())?.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if let Ok(mut c) = Container::load(eng, &id) {
+            fix_stale(eng, &mut c);
+            out.push(c);
+        }
+    }
+    out.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(out)
+}
+
+/// A "running" container whose monitor died is reported as exited.
+fn fix_stale(eng: &Engine, c: &mut Container) {
+    if c.is_running() && c.state.monitor_pid > 0 && !pid_alive(c.state.monitor_pid) {
+        c.state.status = "exited".into();
+        c.state.exit_code = 255;
+        c.state.error = "monitor process died".into();
+        let _ = c.save(eng);
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Finds a container by full ID, unique ID prefix or name.
+pub fn find(eng: &Engine, what: &str) -> Result<Container> {
+    let all = list(eng)?;
+    if let Some(c) = all.iter().find(|c| c.name == what || c.id == what) {
+        return Ok(c.clone());
+    }
+    let hits: Vec<_> = all.iter().filter(|c| c.id.starts_with(what)).collect();
+    match hits.len() {
+        1 => Ok(hits[0].clone()),
+        0 => bail!("No such container: {what}"),
+        _ => bail!("multiple containers match ID prefix {what}"),
+    }
+}
+
+pub fn random_id() -> Result<String> {
+    let mut b = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(hex::encode(b))
+}
+
+/// Parses docker sizes: `64m`, `1g`, `512k`, `1048576`.
+pub fn parse_size(s: &str) -> Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| {
+        anyhow!("invalid size {s:?}: expected a number with an optional b/k/m/g suffix")
+    })?;
+    if n.is_nan() || n <= 0.0 {
+        bail!("invalid size {s:?}: must be positive");
+    }
+    Ok((n * mul as f64) as i64)
+}
+
+/// Resolves `user[:group]` (names or numbers) against the rootfs's
+/// /etc/passwd and /etc/group.
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let read = |f: &str| fs::read_to_string(rootfs.join(f)).unwrap_or_default();
+    let passwd = read("etc/passwd");
+    let (uid, pgid) = match u.parse::<u32>() {
+        Ok(n) => (
+            n,
+            passwd
+                .lines()
+                .find(|l| l.split(':').nth(2) == Some(u))
+                .and_then(|l| l.split(':').nth(3)?.parse().ok())
+                .unwrap_or(0),
+        ),
+        Err(_) => {
+            let line = passwd
+                .lines()
+                .find(|l| l.split(':').next() == Some(u))
+                .ok_or_else(|| {
+                    anyhow!("unable to find user {u}: no matching entries in passwd file")
+                })?;
+            let f: Vec<&str> = line.split(':').collect();
+            (
+                f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
+                f.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+            )
+        }
+    };
+    let gid = match g {
+        None => pgid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => read("etc/group")
+                .lines()
+                .find(|l| l.split(':').next() == Some(g))
+                .and_then(|l| l.split(':').nth(2)?.parse().ok())
+                .ok_or_else(|| {
+                    anyhow!("unable to find group {g}: no matching entries in group file")
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1m").is_err());
+    }
+
+    #[test]
+    fn users() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("etc")).unwrap();
+        fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(t.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(resolve_user(t.path(), "www").unwrap(), (33, 34));
+        assert_eq!(resolve_user(t.path(), "www:staff").unwrap(), (33, 50));
+        assert_eq!(resolve_user(t.path(), "1000:1000").unwrap(), (1000, 1000));
+        assert!(resolve_user(t.path(), "nobody").is_err());
+    }
+}

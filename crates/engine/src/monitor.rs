@@ -1,0 +1,355 @@
+//! The per-container monitor (the engine's conmon/containerd-shim): it asks
+//! the runtime to create and start the container with its stdout/stderr on
+//! pipes, becomes the container's reaper (PR_SET_CHILD_SUBREAPER), writes
+//! the output to `container.log` as docker json-file lines, records the exit
+//! status (and whether the memory cgroup OOM-killed it), serves published
+//! ports on loopback, applies the restart policy and, with `--rm`, removes
+//! the container. Detached containers get their own monitor process
+//! (`ferro container _monitor ID`); a foreground `run` monitors in-process.
+
+use crate::container::Container;
+use crate::paths::Engine;
+use crate::runtime::Runtime;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+fn pipe() -> Result<(fs::File, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a two-element array as pipe2 requires.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe");
+    }
+    // SAFETY: pipe2 returned two fresh fds we now own.
+    unsafe { Ok((fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+fn json_escape(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Copies one output stream into the log (one JSON line per output line)
+/// and, in the foreground, to our own stream.
+fn pump(
+    mut src: fs::File,
+    stream: &'static str,
+    log: Arc<Mutex<fs::File>>,
+    echo: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut pending: Vec<u8> = Vec::new();
+        let flush_line = |line: &[u8], log: &Arc<Mutex<fs::File>>| {
+            let text = String::from_utf8_lossy(line);
+            let entry = format!(
+                "{{\"log\":{},\"stream\":\"{stream}\",\"time\":\"{}\"}}\n",
+                json_escape(&text),
+                images::store::now_rfc3339()
+            );
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(entry.as_bytes());
+            }
+        };
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if echo {
+                if stream == "stdout" {
+                    let mut o = std::io::stdout();
+                    let _ = o.write_all(&buf[..n]);
+                    let _ = o.flush();
+                } else {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                flush_line(&line, &log);
+            }
+        }
+        if !pending.is_empty() {
+            flush_line(&pending, &log);
+        }
+    })
+}
+
+/// Reads the memory cgroup's OOM-kill counter (v1 `memory.oom_control`, v2 `memory.events`).
+pub fn oom_kills(c: &Container) -> u64 {
+    let cg = c.cgroup_path();
+    let candidates = [
+        (
+            format!("/sys/fs/cgroup/memory{cg}/memory.oom_control"),
+            "oom_kill ",
+        ),
+        (format!("/sys/fs/cgroup{cg}/memory.events"), "oom_kill "),
+    ];
+    for (p, key) in candidates {
+        if let Ok(s) = fs::read_to_string(&p) {
+            if let Some(n) = s
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                return n;
+            }
+        }
+    }
+    0
+}
+
+fn notify(n: &mut Option<fs::File>, msg: &str) {
+    if let Some(f) = n.as_mut() {
+        let _ = f.write_all(msg.as_bytes());
+    }
+    *n = None;
+}
+
+pub fn stop_marker(eng: &Engine, c: &Container) -> std::path::PathBuf {
+    c.dir(eng).join("stop-requested")
+}
+
+fn should_restart(policy: &str, code: i32, count: u32) -> bool {
+    match policy.split_once(':') {
+        Some(("on-failure", max)) => {
+            code != 0 && max.parse::<u32>().map(|m| count < m).unwrap_or(true)
+        }
+        _ => match policy {
+            "always" | "unless-stopped" => true,
+            "on-failure" => code != 0,
+            _ => false,
+        },
+    }
+}
+
+/// Monitors container `id` until it exits for good; returns its exit code.
+pub fn run(eng: &Engine, id: &str, echo: bool, mut notify_fd: Option<fs::File>) -> Result<i32> {
+    let res = run_inner(eng, id, echo, &mut notify_fd);
+    if let Err(e) = &res {
+        notify(&mut notify_fd, &format!("err {e:#}\n"));
+    }
+    res
+}
+
+fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File>) -> Result<i32> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let mut c = Container::load(eng, id)?;
+    let dir = c.dir(eng);
+    let _ = fs::remove_file(stop_marker(eng, &c));
+    let rt = Runtime {
+        argv: &c.config.runtime.clone(),
+        root: &eng.runtime_root(),
+    };
+    let log = Arc::new(Mutex::new(
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("container.log"))
+            .context("opening container.log")?,
+    ));
+    let mut proxies_started = false;
+    let code = loop {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let pidfile = dir.join("init.pid");
+        let _ = fs::remove_file(&pidfile);
+        // A stale runtime state (crash, restart) would make create fail.
+        let _ = rt.delete(&c.id);
+        let mut create = rt.cmd();
+        create
+            .arg("create")
+            .arg("--bundle")
+            .arg(&dir)
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .arg(&c.id)
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        if echo && c.config.interactive {
+            create.stdin(Stdio::inherit());
+        } else {
+            create.stdin(Stdio::null());
+        }
+        let status = create
+            .status()
+            .with_context(|| format!("running the runtime {}", c.config.runtime.join(" ")))?;
+        drop(create);
+        let t_out = pump(out_r, "stdout", log.clone(), echo);
+        let t_err = pump(err_r, "stderr", log.clone(), echo);
+        if !status.success() {
+            let _ = t_out.join();
+            let _ = t_err.join();
+            let tail = crate::logs::tail_text(&dir.join("container.log"), 5);
+            c.refresh(eng)?;
+            c.state.status = "exited".into();
+            c.state.exit_code = 127;
+            c.state.error = format!("runtime create failed: {}", tail.trim());
+            c.save(eng)?;
+            bail!("{}", c.state.error);
+        }
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .context("reading the runtime's pid file")?
+            .trim()
+            .parse()
+            .context("parsing the runtime's pid file")?;
+        if let Err(e) = rt.start(&c.id) {
+            let _ = rt.delete(&c.id);
+            c.refresh(eng)?;
+            c.state.status = "exited".into();
+            c.state.exit_code = 127;
+            c.state.error = format!("{e:#}");
+            c.save(eng)?;
+            return Err(e);
+        }
+        c.refresh(eng)?;
+        c.state.status = "running".into();
+        c.state.pid = pid;
+        c.state.oom_killed = false;
+        c.state.error.clear();
+        c.state.started_at = images::store::now_rfc3339();
+        c.state.monitor_pid = std::process::id() as i32;
+        c.save(eng)?;
+        if !proxies_started {
+            if let Err(e) = crate::network::start_proxies(&c) {
+                tracing::warn!("port proxy: {e:#}");
+            }
+            proxies_started = true;
+        }
+        notify(notify_fd, &format!("ok {pid}\n"));
+        let code = reap_until(pid);
+        let _ = t_out.join();
+        let _ = t_err.join();
+        let oom = oom_kills(&c) > 0;
+        let _ = rt.delete(&c.id);
+        c.refresh(eng)?;
+        c.state.status = "exited".into();
+        c.state.pid = 0;
+        c.state.exit_code = code;
+        c.state.oom_killed = oom;
+        c.state.finished_at = images::store::now_rfc3339();
+        c.save(eng)?;
+        let stopped = stop_marker(eng, &c).exists();
+        if stopped || !should_restart(&c.config.restart, code, c.state.restart_count) {
+            break code;
+        }
+        c.state.restart_count += 1;
+        c.save(eng)?;
+        // Back off a crash-looping container (100 ms doubling, at most 2 s).
+        let ms = 100u64 << c.state.restart_count.min(5);
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(2000)));
+    };
+    if c.config.auto_remove {
+        crate::lifecycle::remove_files(eng, &c)?;
+    }
+    Ok(code)
+}
+
+/// Reaps children until `pid` exits; returns its docker-style exit code.
+fn reap_until(pid: i32) -> i32 {
+    loop {
+        let mut st = 0;
+        // SAFETY: st is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // No children left: the process is gone without us seeing it.
+            return 255;
+        }
+        if r == pid {
+            if libc::WIFEXITED(st) {
+                return libc::WEXITSTATUS(st);
+            }
+            if libc::WIFSIGNALED(st) {
+                return 128 + libc::WTERMSIG(st);
+            }
+        }
+    }
+}
+
+/// Starts a detached monitor process for `c` and waits until the container
+/// runs (or failed to start).
+pub fn spawn_detached(eng: &Engine, c: &Container) -> Result<i32> {
+    let (mut r, w) = pipe()?;
+    let exe = std::env::current_exe().context("finding the ferro binary")?;
+    let logf = fs::File::create(c.dir(eng).join("monitor.log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("container")
+        .arg("--root")
+        .arg(&eng.root)
+        .arg("_monitor")
+        .arg(&c.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(logf));
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::dup2(wfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the container monitor")?;
+    drop(w);
+    let mut msg = String::new();
+    let _ = r.read_to_string(&mut msg);
+    // The monitor keeps running; reap it later only if it already exited.
+    let _ = child.try_wait();
+    std::mem::forget(child);
+    match msg.split_once(' ') {
+        Some(("ok", pid)) => Ok(pid.trim().parse().unwrap_or(0)),
+        Some(("err", e)) => bail!("{}", e.trim()),
+        _ => bail!(
+            "container monitor exited without starting the container: {}",
+            fs::read_to_string(c.dir(eng).join("monitor.log"))
+                .unwrap_or_default()
+                .trim()
+        ),
+    }
+}
+
+/// fd 3 as handed over by `spawn_detached`.
+pub fn inherited_notify_fd() -> Option<fs::File> {
+    // SAFETY: fcntl(F_GETFD) only queries; we take ownership only if fd 3 is open.
+    if unsafe { libc::fcntl(3, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: fd 3 is open and was given to this process for this purpose.
+    let f = unsafe { fs::File::from_raw_fd(3) };
+    // SAFETY: FD_CLOEXEC so the runtime and container don't inherit it.
+    unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(f)
+}
+
+pub fn wait_exited(eng: &Engine, id: &str, timeout: std::time::Duration) -> Result<Container> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let c = Container::load(eng, id)?;
+        let monitor_gone =
+            c.state.monitor_pid <= 0 || !crate::container::pid_alive(c.state.monitor_pid);
+        if c.state.status != "running" || monitor_gone {
+            return Ok(c);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("timed out waiting for container {} to exit", c.short_id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
