@@ -451,6 +451,21 @@ impl BlockBackend for Image {
     fn block_status(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         self.backend().block_status(offset, len)
     }
+    fn snapshots(&self) -> Vec<SnapshotInfo> {
+        Image::snapshots(self)
+    }
+    fn can_snapshot(&self) -> bool {
+        self.format() == Format::Qcow2 && !BlockBackend::read_only(self)
+    }
+    fn snapshot_create(&mut self, name: &str) -> Result<()> {
+        Image::snapshot_create(self, name)
+    }
+    fn snapshot_apply(&mut self, name_or_id: &str) -> Result<()> {
+        Image::snapshot_apply(self, name_or_id)
+    }
+    fn snapshot_delete(&mut self, name_or_id: &str) -> Result<()> {
+        Image::snapshot_delete(self, name_or_id)
+    }
 }
 
 /// Guesses the format from the file's first bytes (qcow2 magic, else raw).

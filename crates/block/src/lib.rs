@@ -112,6 +112,34 @@ pub trait BlockBackend: Send {
     /// Extents covering `[offset, offset + len)`, in order, adjacent extents
     /// with equal state merged.
     fn block_status(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+    /// Internal snapshots of this (open) image, in table order; empty for
+    /// formats without them. VM snapshots use these four while the image is
+    /// in use by a paused virtio-blk device.
+    fn snapshots(&self) -> Vec<SnapshotInfo> {
+        Vec::new()
+    }
+    /// Whether [`BlockBackend::snapshot_create`] can work (qcow2, writable).
+    fn can_snapshot(&self) -> bool {
+        false
+    }
+    /// `qemu-img snapshot -c NAME` on the open image.
+    fn snapshot_create(&mut self, _name: &str) -> Result<()> {
+        Err(Error::Unsupported(
+            "internal snapshots need a qcow2 image".into(),
+        ))
+    }
+    /// `qemu-img snapshot -a NAME_OR_ID` on the open image.
+    fn snapshot_apply(&mut self, _name_or_id: &str) -> Result<()> {
+        Err(Error::Unsupported(
+            "internal snapshots need a qcow2 image".into(),
+        ))
+    }
+    /// `qemu-img snapshot -d NAME_OR_ID` on the open image.
+    fn snapshot_delete(&mut self, _name_or_id: &str) -> Result<()> {
+        Err(Error::Unsupported(
+            "internal snapshots need a qcow2 image".into(),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
