@@ -179,6 +179,11 @@ pub trait VirtioDevice: Send {
     fn pause(&mut self) -> Option<Vec<QueueContext>> {
         None
     }
+    /// The disk behind a block device while no worker holds it (paused or
+    /// not active): VM snapshots take its internal snapshots. Others: None.
+    fn disk(&mut self) -> Option<&mut dyn block::BlockBackend> {
+        None
+    }
 }
 
 /// Copies the `data.len()` bytes at `offset` of a device's config space;

@@ -207,6 +207,7 @@ impl StateFile<'_> {
 /// Sizes and time of one save.
 #[derive(Debug, Clone, Copy)]
 pub struct SaveStats {
+    pub date_sec: u64,
     pub file_bytes: u64,
     pub ram_pages: u64,
     pub stored_pages: u64,
@@ -378,6 +379,10 @@ impl Vm {
     /// The paused machine's full state, encoded.
     pub fn encode(&self) -> Result<(Vec<u8>, SaveStats)> {
         let _op = lock(&self.op);
+        self.encode_locked()
+    }
+
+    fn encode_locked(&self) -> Result<(Vec<u8>, SaveStats)> {
         if !self.is_paused() {
             bail!("the VM must be paused");
         }
@@ -400,6 +405,7 @@ impl Vm {
         let mut out = Vec::new();
         let (ram_pages, stored_pages) = encode(&meta, &self.ram, &mut out)?;
         let stats = SaveStats {
+            date_sec: meta.date_sec,
             file_bytes: out.len() as u64,
             ram_pages,
             stored_pages,
@@ -421,10 +427,16 @@ impl Vm {
     /// and virtio devices. The configuration must match this machine's.
     pub fn load(&self, data: &[u8]) -> Result<()> {
         let _op = lock(&self.op);
+        let sf = parse(data)?;
+        self.check_state(&sf)?;
+        self.load_locked(&sf)
+    }
+
+    /// Everything about `sf` that can be refused before the machine changes.
+    fn check_state(&self, sf: &StateFile<'_>) -> Result<()> {
         if !self.is_paused() {
             bail!("the VM must be paused");
         }
-        let sf = parse(data)?;
         check_config(&sf.meta.config, &self.config)?;
         if sf.meta.virtio.len() != self.transports.len() {
             bail!(
@@ -438,7 +450,11 @@ impl Vm {
             h.check(i)?;
         }
         sf.for_each_page(|_, _| Ok(()))?;
-        load_ram(&sf, &self.ram, false)?;
+        Ok(())
+    }
+
+    fn load_locked(&self, sf: &StateFile<'_>) -> Result<()> {
+        load_ram(sf, &self.ram, false)?;
         self.platform
             .load(&sf.meta.machine)
             .map_err(|e| anyhow!(e))?;
@@ -446,6 +462,272 @@ impl Vm {
             lock(t).restore_state(s).map_err(|e| anyhow!(e))?;
         }
         Ok(())
+    }
+}
+
+/// One VM snapshot, as `snapshot-list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    pub name: String,
+    pub date_sec: u64,
+    /// Bytes of the VM state file.
+    pub vm_state_size: u64,
+    /// Disks (paths) holding an internal snapshot of this name.
+    pub disks: Vec<String>,
+}
+
+/// Snapshot names become file names in the snapshot directory.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+@:".contains(&b));
+    if !ok {
+        bail!("snapshot name {name:?}: use 1 to 128 letters, digits and -_.+@: (not starting with '.')");
+    }
+    Ok(())
+}
+
+fn state_path(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}.vmstate"))
+}
+
+/// Metadata of a state file without reading its RAM (for listing).
+pub fn peek_meta(path: &Path) -> Result<(Meta, u64)> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut head = [0u8; HEADER + 8];
+    f.read_exact(&mut head)
+        .map_err(|_| FormatError::Truncated("no header".into()))?;
+    if &head[..8] != MAGIC {
+        return Err(FormatError::Magic.into());
+    }
+    let version = u32::from_le_bytes(head[8..12].try_into().expect("4"));
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version(version).into());
+    }
+    let meta_len = u64::from_le_bytes(head[HEADER..].try_into().expect("8"));
+    if meta_len > MAX_META || meta_len > size {
+        return Err(FormatError::Corrupt(format!("metadata length {meta_len}")).into());
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    f.read_exact(&mut meta)
+        .map_err(|_| FormatError::Truncated("metadata".into()))?;
+    let meta: Meta = serde_json::from_slice(&meta)
+        .map_err(|e| FormatError::Corrupt(format!("metadata: {e}")))?;
+    Ok((meta, size))
+}
+
+impl Vm {
+    /// Block transports with their `--disk` paths, in order.
+    fn disks(&self) -> Vec<(Arc<Mutex<MmioTransport>>, String)> {
+        self.transports
+            .iter()
+            .filter(|t| lock(t).device_type() == virtio_devices::ids::BLOCK)
+            .zip(&self.config.virtio.disk)
+            .map(|(t, d)| (t.clone(), d.path.display().to_string()))
+            .collect()
+    }
+
+    /// Runs `f` paused (pausing first if needed, resuming afterwards if the
+    /// VM was running), with the operation lock held.
+    fn paused<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _op = lock(&self.op);
+        let was_paused = self.is_paused();
+        if !was_paused {
+            self.pause_locked()?;
+        }
+        let r = f();
+        if !was_paused {
+            self.resume_locked()?;
+        }
+        r
+    }
+
+    /// `snapshot-create NAME`: the VM state into `DIR/NAME.vmstate` plus an
+    /// internal snapshot NAME on every writable qcow2 disk, all or nothing.
+    pub fn snapshot_create(&self, dir: &Path, name: &str) -> Result<SnapshotEntry> {
+        check_name(name)?;
+        let file = state_path(dir, name);
+        if file.exists() {
+            bail!("snapshot {name:?} already exists");
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("snapshot directory {}", dir.display()))?;
+        self.paused(|| {
+            let disks = self.disks();
+            for (t, path) in &disks {
+                let mut t = lock(t);
+                let Some(d) = t.disk() else {
+                    bail!("disk {path}: not reachable while paused");
+                };
+                if d.can_snapshot() && d.snapshots().iter().any(|s| s.name == name) {
+                    bail!("disk {path} already has an internal snapshot {name:?}");
+                }
+            }
+            let (data, stats) = self.encode_locked()?;
+            // Disk snapshots, each remembered by id so a rollback removes
+            // exactly what was made.
+            let mut made: Vec<(Arc<Mutex<MmioTransport>>, String, String)> = Vec::new();
+            let mut result = Ok(());
+            for (t, path) in &disks {
+                let mut g = lock(t);
+                let Some(d) = g.disk() else { continue };
+                if !d.can_snapshot() {
+                    continue;
+                }
+                match d.snapshot_create(name).and_then(|_| d.flush()) {
+                    Ok(()) => {
+                        let id = d
+                            .snapshots()
+                            .last()
+                            .map(|s| s.id.clone())
+                            .unwrap_or_default();
+                        made.push((t.clone(), path.clone(), id));
+                    }
+                    Err(e) => {
+                        result = Err(anyhow!("disk {path}: snapshot {name:?}: {e}"));
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                result = write_atomic(&file, &data);
+            }
+            if let Err(e) = result {
+                for (t, path, id) in made {
+                    let mut g = lock(&t);
+                    if let Some(d) = g.disk() {
+                        if let Err(e2) = d.snapshot_delete(&id).and_then(|_| d.flush()) {
+                            tracing::error!("rollback: disk {path}: snapshot id {id}: {e2}");
+                        }
+                    }
+                }
+                return Err(e);
+            }
+            Ok(SnapshotEntry {
+                name: name.to_string(),
+                date_sec: stats.date_sec,
+                vm_state_size: data.len() as u64,
+                disks: made.into_iter().map(|(_, p, _)| p).collect(),
+            })
+        })
+    }
+
+    /// `snapshot-list`: the state files in `dir`, with the disks that hold
+    /// a matching internal snapshot. Takes the disks' view while paused.
+    pub fn snapshot_list(&self, dir: &Path) -> Result<Vec<SnapshotEntry>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(anyhow!("snapshot directory {}: {e}", dir.display())),
+        };
+        let disk_snaps: Vec<(String, Vec<String>)> = self.paused(|| {
+            Ok(self
+                .disks()
+                .iter()
+                .map(|(t, p)| {
+                    let names = lock(t)
+                        .disk()
+                        .map(|d| d.snapshots().into_iter().map(|s| s.name).collect())
+                        .unwrap_or_default();
+                    (p.clone(), names)
+                })
+                .collect())
+        })?;
+        for e in rd.flatten() {
+            let p = e.path();
+            let Some(name) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".vmstate"))
+            else {
+                continue;
+            };
+            if check_name(name).is_err() {
+                continue;
+            }
+            match peek_meta(&p) {
+                Ok((meta, size)) => out.push(SnapshotEntry {
+                    name: name.to_string(),
+                    date_sec: meta.date_sec,
+                    vm_state_size: size,
+                    disks: disk_snaps
+                        .iter()
+                        .filter(|(_, n)| n.iter().any(|n| n == name))
+                        .map(|(p, _)| p.clone())
+                        .collect(),
+                }),
+                Err(e) => tracing::warn!("snapshot {}: {e:#}", p.display()),
+            }
+        }
+        out.sort_by(|a, b| (a.date_sec, &a.name).cmp(&(b.date_sec, &b.name)));
+        Ok(out)
+    }
+
+    /// `snapshot-revert NAME`: disks and machine back to the snapshot; the
+    /// run state (running/paused) stays what it was.
+    pub fn snapshot_revert(&self, dir: &Path, name: &str) -> Result<()> {
+        check_name(name)?;
+        let file = state_path(dir, name);
+        if !file.exists() {
+            bail!("snapshot {name:?} does not exist");
+        }
+        let data = read_file(&file)?;
+        let sf = parse(&data).with_context(|| format!("snapshot {name:?}"))?;
+        self.paused(|| {
+            self.check_state(&sf)?;
+            let disks = self.disks();
+            for (t, path) in &disks {
+                let mut g = lock(t);
+                let Some(d) = g.disk() else { continue };
+                if d.can_snapshot() && !d.snapshots().iter().any(|s| s.name == name) {
+                    bail!("disk {path} has no internal snapshot {name:?}");
+                }
+            }
+            for (t, path) in &disks {
+                let mut g = lock(t);
+                let Some(d) = g.disk() else { continue };
+                if d.can_snapshot() {
+                    d.snapshot_apply(name)
+                        .and_then(|_| d.flush())
+                        .map_err(|e| anyhow!("disk {path}: revert to {name:?}: {e}"))?;
+                }
+            }
+            self.load_locked(&sf)
+        })
+    }
+
+    /// `snapshot-delete NAME`: the state file and the disks' internal
+    /// snapshots of that name.
+    pub fn snapshot_delete(&self, dir: &Path, name: &str) -> Result<()> {
+        check_name(name)?;
+        let file = state_path(dir, name);
+        self.paused(|| {
+            let mut found = file.exists();
+            for (t, path) in self.disks() {
+                let mut g = lock(&t);
+                let Some(d) = g.disk() else { continue };
+                if d.can_snapshot() && d.snapshots().iter().any(|s| s.name == name) {
+                    found = true;
+                    d.snapshot_delete(name)
+                        .and_then(|_| d.flush())
+                        .map_err(|e| anyhow!("disk {path}: delete {name:?}: {e}"))?;
+                }
+            }
+            if !found {
+                bail!("snapshot {name:?} does not exist");
+            }
+            if file.exists() {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("cannot remove {}", file.display()))?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -163,6 +163,13 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn disk(&mut self) -> Option<&mut dyn BlockBackend> {
+        if self.worker.is_some() {
+            return None;
+        }
+        self.backend.as_deref_mut().map(|b| b as &mut dyn BlockBackend)
+    }
+
     fn pause(&mut self) -> Option<Vec<QueueContext>> {
         let (backend, q) = self.worker.take()?.stop().flatten()?;
         self.backend = Some(backend);

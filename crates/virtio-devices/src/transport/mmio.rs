@@ -164,6 +164,12 @@ impl MmioTransport {
         })
     }
 
+    /// A block device's disk while paused or inactive (see
+    /// [`VirtioDevice::disk`]).
+    pub fn disk(&mut self) -> Option<&mut dyn block::BlockBackend> {
+        self.device.disk()
+    }
+
     /// Stops the device's worker once its started requests are complete and
     /// keeps the queues; the guest's registers stay as they are. Idempotent.
     pub fn pause(&mut self) -> Result<(), String> {
