@@ -1,7 +1,7 @@
 //! Control and status registers: privilege and read-only checks, WARL
-//! legalisation, counter gating (mcounteren/scounteren), Sstc, a PMP that
-//! stores but does not enforce, and an illegal-instruction trap for every CSR
-//! not listed here (OpenSBI probes by trapping).
+//! legalisation, counter gating (mcounteren/scounteren), Sstc, the PMP
+//! registers (enforced by module `pmp`), and an illegal-instruction trap for
+//! every CSR not listed here (OpenSBI probes by trapping).
 
 use crate::cpus::*;
 use crate::hart::Hart;
@@ -233,12 +233,17 @@ impl Hart {
                     out |= new << (8 * b);
                 }
                 self.pmpcfg[i] = out;
+                self.pmp_changed();
             }
             0x3b0..=0x3ef => {
                 let i = (csr - 0x3b0) as usize;
-                let cfg = (self.pmpcfg[i / 8] >> (8 * (i % 8))) & 0xff;
-                if cfg & 0x80 == 0 {
+                let cfg = |j: usize| (self.pmpcfg[j / 8] >> (8 * (j % 8))) & 0xff;
+                // Locked entries keep their address, and so does the base of
+                // a locked TOR entry above.
+                let next_locked_tor = i < 63 && cfg(i + 1) & 0x98 == 0x88;
+                if cfg(i) & 0x80 == 0 && !next_locked_tor {
                     self.pmpaddr[i] = v & ((1 << 54) - 1);
+                    self.pmp_changed();
                 }
             }
             0xb00 | 0xb02 => self.instret = v.wrapping_add(1),

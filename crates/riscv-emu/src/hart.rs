@@ -68,6 +68,10 @@ pub struct Hart {
     pub frm: u32,
     pub pmpcfg: [u64; 8],
     pub pmpaddr: [u64; 64],
+    /// The active PMP rules compiled from pmpcfg/pmpaddr (module `pmp`).
+    pub pmp: Vec<crate::pmp::PmpRule>,
+    /// Some rule is locked (M-mode accesses must be checked too).
+    pub pmp_locked: bool,
     /// Retired instructions (also `cycle`).
     pub instret: u64,
     /// LR reservation: host address, loaded value, size.
@@ -129,6 +133,8 @@ impl Hart {
             frm: 0,
             pmpcfg: [0; 8],
             pmpaddr: [0; 64],
+            pmp: Vec::new(),
+            pmp_locked: false,
             instret: 0,
             reservation: None,
             tlb: Tlb::new(),
@@ -167,6 +173,12 @@ impl Hart {
             }
         }
         self.mode = mode as u8;
+        if mode != Mode::Machine {
+            // No firmware runs before an S/U start: grant all memory, as it would.
+            self.pmpaddr[0] = (1 << 54) - 1;
+            self.pmpcfg[0] = 0x1f;
+            self.pmp_changed();
+        }
         self.update_ctx();
     }
 

@@ -37,7 +37,7 @@
 //! elsewhere is an instruction access fault, so start harts directly at the
 //! firmware entry); misaligned loads/stores are done in hardware, misaligned
 //! AMO/LR/SC trap; SC succeeds when the reserved word still holds the value LR
-//! read; PMP CSRs are WARL-stored but not enforced; `pause` yields the host
+//! read; PMP is enforced when TLB entries are filled (module `pmp`); `pause` yields the host
 //! thread. Diagnostics: `RISCV_EMU_STATS=1` prints per-hart cache/TLB/trap
 //! counters when a run ends, `RISCV_EMU_TRACE=SECS` prints every hart's pc
 //! (low bits: privilege) every SECS seconds.
@@ -65,6 +65,7 @@ pub mod fuzzing;
 mod hart;
 mod htif;
 mod mmu;
+mod pmp;
 mod state;
 mod tlb;
 mod trap;
@@ -270,7 +271,8 @@ impl Cpus {
     /// (x1..x31; OpenSBI wants a0 = x10 = hartid, a1 = x11 = FDT address,
     /// a2 = x12 = fw_dynamic_info address) and privilege mode. Every hart runs
     /// from its boot state when [`Cpus::run`] starts; a hart never given one starts
-    /// at pc 0. Out-of-range harts/registers are ignored.
+    /// at pc 0. Out-of-range harts/registers are ignored. A hart started in
+    /// S or U mode gets PMP entry 0 granting all memory (firmware's job).
     pub fn set_boot_state(&mut self, hart: usize, pc: u64, regs: &[(usize, u64)], mode: Mode) {
         if let Some((h, _)) = self.harts.get_mut(hart) {
             h.set_boot(pc, regs, mode);

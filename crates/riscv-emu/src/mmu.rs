@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cpus::{PAGE_CODE, PAGE_HTIF};
 use crate::hart::Hart;
+use crate::pmp::PageVerdict;
 use crate::tlb::*;
 use crate::trap::*;
 
@@ -76,8 +77,10 @@ impl Hart {
         self.chain = self.chain.wrapping_add(1);
         let translate = self.satp >> 60 != 0;
         let ctx = |p: u8, sum: bool| -> usize {
-            if p == 3 || !translate {
+            if p == 3 {
                 0
+            } else if !translate {
+                4
             } else if p == 1 {
                 1 + sum as usize
             } else {
@@ -105,8 +108,9 @@ impl Hart {
         }
     }
 
-    /// Translates `va` for `kind` in the current context and fills the TLB.
-    pub fn translate(&mut self, va: u64, kind: usize) -> Result<u64, Exc> {
+    /// Translates `va` for a `len`-byte access of `kind` in the current
+    /// context, checks PMP and fills the TLB (unless PMP rules split the page).
+    pub fn translate(&mut self, va: u64, kind: usize, len: u64) -> Result<u64, Exc> {
         let ctx = self.ctx_of(kind);
         let table = ctx * 3 + kind;
         let idx = Tlb::index(va);
@@ -114,13 +118,28 @@ impl Hart {
         if e.tag == (va >> 12) | MMIO_TAG | self.tlb.epoch {
             return Ok(va.wrapping_add(e.addend));
         }
-        let pa = if ctx == 0 {
+        let pa = if ctx == 0 || ctx == 4 {
             va
         } else {
             self.walk(va, kind, ctx)?
         };
         let vpage = va & !0xfff;
         let ppage = pa & !0xfff;
+        let machine = ctx == 0;
+        if !machine || self.pmp_locked {
+            match self.pmp_page(ppage, kind, machine) {
+                PageVerdict::Allow => {}
+                PageVerdict::Deny => return Err(access_fault(kind, va)),
+                PageVerdict::Split => {
+                    // No TLB entry: every access to this page comes back here.
+                    return if self.pmp_ok(pa, len, kind, machine) {
+                        Ok(pa)
+                    } else {
+                        Err(access_fault(kind, va))
+                    };
+                }
+            }
+        }
         let entry = match self.sh.ram_host_addr(ppage, 0x1000) {
             Some(host) => TlbEntry {
                 tag: (va >> 12) | self.tlb.epoch,
@@ -151,6 +170,10 @@ impl Hart {
                 i -= 1;
                 let vpn = (va >> (12 + 9 * i)) & 0x1ff;
                 let pte_pa = table + vpn * 8;
+                // The walk's reads are S-mode reads as far as PMP goes.
+                if !self.pmp_ok(pte_pa, 8, LOAD, false) {
+                    return Err(access_fault(kind, va));
+                }
                 let host = match self.sh.ram_host_addr(pte_pa, 8) {
                     Some(h) => h,
                     None => return Err(access_fault(kind, va)),
@@ -219,7 +242,7 @@ impl Hart {
         let host = if e.tag == (pc >> 12) | self.tlb.epoch {
             pc.wrapping_add(e.addend)
         } else {
-            let pa = self.translate(pc, FETCH)?;
+            let pa = self.translate(pc, FETCH, 2)?;
             match self.sh.ram_host_addr(pa, 2) {
                 Some(h) => h,
                 None => return Err(Exc::fetch_access(pc)),
@@ -247,7 +270,7 @@ impl Hart {
             }
             return Ok(v);
         }
-        let pa = self.translate(va, LOAD)?;
+        let pa = self.translate(va, LOAD, n)?;
         if let Some(h) = self.sh.ram_host_addr(pa, n) {
             // SAFETY: [pa, pa+n) is in guest RAM.
             return Ok(unsafe { read_host(h, n) });
@@ -280,14 +303,14 @@ impl Hart {
         if (va & 0xfff) + n > 0x1000 {
             // Translate every byte first so a fault leaves memory untouched.
             for i in 0..n {
-                self.translate(va.wrapping_add(i), STORE)?;
+                self.translate(va.wrapping_add(i), STORE, 1)?;
             }
             for i in 0..n {
                 self.store_slow(va.wrapping_add(i), 1, v >> (8 * i))?;
             }
             return Ok(());
         }
-        let pa = self.translate(va, STORE)?;
+        let pa = self.translate(va, STORE, n)?;
         if let Some(h) = self.sh.ram_host_addr(pa, n) {
             // SAFETY: [pa, pa+n) is in guest RAM.
             unsafe { write_host(h, n, v) };
@@ -353,7 +376,7 @@ impl Hart {
         if e.tag == (va >> 12) | self.tlb.epoch {
             return Ok(va.wrapping_add(e.addend));
         }
-        let pa = self.translate(va, kind)?;
+        let pa = self.translate(va, kind, n)?;
         self.sh.ram_host_addr(pa, n).ok_or(access_fault(kind, va))
     }
 

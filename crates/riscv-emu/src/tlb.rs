@@ -8,8 +8,10 @@ pub const TLB_SIZE: usize = 1 << TLB_BITS;
 pub const FETCH: usize = 0;
 pub const LOAD: usize = 1;
 pub const STORE: usize = 2;
-/// Contexts: 0 = untranslated (M mode or satp Bare), 1 = S, 2 = S with SUM, 3 = U.
-pub const CONTEXTS: usize = 4;
+/// Contexts: 0 = M mode (untranslated; PMP only through locked entries),
+/// 1 = S, 2 = S with SUM, 3 = U, 4 = S/U with satp Bare (untranslated, PMP
+/// applies).
+pub const CONTEXTS: usize = 5;
 pub const TABLES: usize = 16;
 const _: () = assert!(CONTEXTS * 3 <= TABLES);
 /// Tag bit marking an MMIO entry (its `addend` maps vaddr to paddr instead).

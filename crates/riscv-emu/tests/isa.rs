@@ -80,3 +80,10 @@ fn external_interrupt_lines() {
 fn sc_fails_after_remote_store() {
     pass("lrsc2", 2);
 }
+
+/// PMP enforcement: NAPOT/TOR/NA4, S/U default-deny, locked entries for M,
+/// access-fault causes, sub-page rules, TLB flush on writes, MPRV, walks.
+#[test]
+fn pmp_enforcement() {
+    pass("pmp", 1);
+}

@@ -5,10 +5,14 @@
 #define CHECK(reg, val) li t6, val; bne reg, t6, fail
 #define CHECKR(reg, reg2) bne reg, reg2, fail
 
+/* PMP entry 0: all memory RWX, so that S and U mode may run (as firmware sets up). */
+#define PMP_ALLOW_ALL li t0, -1; csrw pmpaddr0, t0; li t0, 0x1f; csrw pmpcfg0, t0
+
 #define START \
   .section .text.init; .globl _start; _start: \
   csrr t0, mhartid; bnez t0, other_harts; \
   la t0, unexpected_trap; csrw mtvec, t0; \
+  PMP_ALLOW_ALL; \
   la sp, stack_top; li gp, 0;
 
 #define END \

@@ -46,6 +46,7 @@ START
   csrw pmpcfg0, zero; csrr a1, pmpcfg0; CHECK(a1, 0x9f00)
   csrw pmpaddr63, a0; csrr a1, pmpaddr63; CHECK(a1, 0x1234)
   csrw pmpcfg14, a0; csrr a1, pmpcfg14; CHECK(a1, 0x1014)
+  PMP_ALLOW_ALL /* entry 1 stays locked; entry 0 lets U/S run again */
   TEST(6) /* counters tick; hpm counters read 0 */
   csrr a0, cycle; csrr a1, instret; nop; nop; csrr a2, instret; bleu a2, a1, fail
   csrr a0, time; li t0, 10000; 3: addi t0, t0, -1; bnez t0, 3b; csrr a1, time; bleu a1, a0, fail
