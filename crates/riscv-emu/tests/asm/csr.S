@@ -101,6 +101,38 @@ START
   csrc mip, a0; csrr a1, sip; andi a1, a1, 2; CHECK(a1, 0)
   csrw mideleg, zero
   li a0, -1; csrw medeleg, a0; csrr a1, medeleg; CHECK(a1, 0xb3ff); csrw medeleg, zero
+  TEST(12) /* Sstc: S reaches stimecmp only with menvcfg.STCE and mcounteren.TM; U never */
+  csrw menvcfg, zero; li t0, 2; csrw mcounteren, t0
+  CATCH_TO(1f)
+  GOTO_MODE(1, 2f)
+2: csrr a0, stimecmp
+  ecall
+1: CHECK(s10, 2)
+  li t0, 1; slli t0, t0, 63; csrw menvcfg, t0; csrw mcounteren, zero
+  CATCH_TO(1f)
+  GOTO_MODE(1, 2f)
+2: csrr a0, stimecmp
+  ecall
+1: CHECK(s10, 2)
+  li t0, 2; csrw mcounteren, t0; csrw scounteren, t0
+  CATCH_TO(1f)
+  GOTO_MODE(1, 2f)
+2: li a0, -1; csrw stimecmp, a0; csrr a0, stimecmp
+  ecall
+1: CHECK(s10, 9); CHECK(a0, -1)
+  CATCH_TO(1f)
+  GOTO_MODE(0, 2f)
+2: csrr a0, stimecmp
+  ecall
+1: CHECK(s10, 2)
+  TEST(13) /* scounteren gates U only: S reads counters with it clear */
+  li t0, 7; csrw mcounteren, t0; csrw scounteren, zero
+  CATCH_TO(1f)
+  GOTO_MODE(1, 2f)
+2: csrr a0, cycle; csrr a0, time; csrr a0, instret
+  ecall
+1: CHECK(s10, 9)
+  csrw mcounteren, zero; csrw menvcfg, zero
   j pass
 M_CATCH
 PARK_OTHERS

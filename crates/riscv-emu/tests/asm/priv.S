@@ -130,6 +130,32 @@ START
 vec_done:
   csrr a0, mcause; li t0, 0x8000000000000001; CHECKR(a0, t0)
   csrw mie, zero
+  la t0, unexpected_trap; csrw mtvec, t0
+  TEST(9) /* several pending interrupts: taken in priority order SEI, SSI, STI */
+  li t0, 0x222; csrw mie, t0; csrs mip, t0
+  li s7, 0
+  CATCH_TO(1f); li t0, 8; csrs mstatus, t0
+2: j 2b
+1: li t0, 0x8000000000000009; CHECKR(s10, t0)
+  li t0, 0x200; csrc mip, t0
+  CATCH_TO(1f); li t0, 8; csrs mstatus, t0
+2: j 2b
+1: li t0, 0x8000000000000001; CHECKR(s10, t0)
+  li t0, 0x2; csrc mip, t0
+  CATCH_TO(1f); li t0, 8; csrs mstatus, t0
+2: j 2b
+1: li t0, 0x8000000000000005; CHECKR(s10, t0)
+  li t0, 0x20; csrc mip, t0; csrw mie, zero
+  TEST(10) /* mret to a lower mode clears MPRV; mret to M keeps it */
+  li t0, 1 << 17; csrs mstatus, t0
+  CATCH_TO(1f)
+  GOTO_MODE(1, 2f)
+2: ecall
+1: CHECK(s10, 9); csrr a0, mstatus; li t0, 1 << 17; and a0, a0, t0; CHECK(a0, 0)
+  li t0, (1 << 17) | (3 << 11); csrs mstatus, t0
+  la t0, 3f; csrw mepc, t0; mret
+3: csrr a0, mstatus; li t0, 1 << 17; and a0, a0, t0; CHECKR(a0, t0)
+  csrc mstatus, t0
   j pass
 
   .align 2

@@ -79,6 +79,14 @@ START
   la a0, pt_root; li t0, (0x80001 << 10) | 0xcf; sd t0, 24(a0)   /* VA 0xC0000000 */
   S_STEP(sfence.vma; li t1, 0xC0000000; ld s5, 0(t1))
   CHECK(s10, 13)
+  TEST(14) /* sfence.vma with an address drops that page's translation */
+  la a0, pt_root; la t0, pt_root; srli t0, t0, 12; li t1, 8 << 60; or t0, t0, t1; csrw satp, t0
+  MKLEAF(t1, pageA, 0xc7); sd t1, 0(a2)
+  S_STEP(sfence.vma; li t1, 0x40000000; ld s5, 0(t1))
+  CHECK(s10, 9); CHECK(s5, 0x1111)
+  MKLEAF(t1, pageB, 0xc7); sd t1, 0(a2)
+  S_STEP(li t1, 0x40000000; sfence.vma t1, zero; ld s5, 0(t1))
+  CHECK(s10, 9); CHECK(s5, 0x2222)
   csrw satp, zero
   j pass
 M_CATCH
