@@ -29,6 +29,8 @@ enum Cmd {
     Ps(engine::PsArgs),
     /// List images (`ferro container images`).
     Images(engine::ImagesArgs),
+    /// Low-level OCI container runtime (runc-compatible).
+    Oci(libcontainer::cli::OciArgs),
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
         Some(Cmd::Container(a)) => engine::main(a),
         Some(Cmd::Ps(a)) => engine::ps_main(a),
         Some(Cmd::Images(a)) => engine::images_main(a),
+        Some(Cmd::Oci(a)) => libcontainer::cli::main(a),
         None => report(vmm::run_default()),
     };
     std::process::exit(code);

@@ -1,0 +1,774 @@
+//! libcgroups: Linux control groups for Ferrovisor's OCI runtime.
+//!
+//! Owns the host side of cgroups: detecting the layout (v1, hybrid, v2),
+//! creating a container's cgroup in every hierarchy, applying the OCI
+//! `linux.resources` limits, moving processes in, reading stats and removing
+//! the cgroup again. It speaks only to the cgroupfs files (no systemd).
+//!
+//! Dependencies: `oci-spec` for the resource types (the same types the runtime
+//! parses config.json into, so no conversion layer), `serde` for stats JSON.
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use serde::Serialize;
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where cgroup filesystems are mounted on every distribution we know.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroups: {0}")]
+    Msg(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_err(path: &Path, source: io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The cgroup layout of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only v1 hierarchies.
+    V1,
+    /// v1 controllers plus an (empty-of-controllers) v2 hierarchy at
+    /// /sys/fs/cgroup/unified. Controllers are used through v1.
+    Hybrid,
+    /// The unified hierarchy only.
+    V2,
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; c is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// Detects the host's cgroup layout.
+pub fn detect() -> Mode {
+    if is_cgroup2(Path::new(CGROUP_ROOT)) {
+        Mode::V2
+    } else if is_cgroup2(&Path::new(CGROUP_ROOT).join("unified")) {
+        Mode::Hybrid
+    } else {
+        Mode::V1
+    }
+}
+
+/// One mounted v1 hierarchy.
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    pub mountpoint: PathBuf,
+    /// The hierarchy path mounted there (not "/" inside a cgroup namespace).
+    pub root: PathBuf,
+    /// Controllers (and `name=` options) bound to this hierarchy.
+    pub controllers: Vec<String>,
+}
+
+impl Hierarchy {
+    pub fn has(&self, c: &str) -> bool {
+        self.controllers.iter().any(|x| x == c)
+    }
+}
+
+/// Lists the v1 hierarchies from /proc/self/mountinfo (one per superblock).
+pub fn v1_hierarchies() -> Result<Vec<Hierarchy>> {
+    let p = Path::new("/proc/self/mountinfo");
+    let text = fs::read_to_string(p).map_err(|e| io_err(p, e))?;
+    let mut out: Vec<Hierarchy> = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut post_f = post.split(' ');
+        if post_f.next() != Some("cgroup") {
+            continue;
+        }
+        let super_opts = post_f.nth(1).unwrap_or("");
+        let pre_f: Vec<&str> = pre.split(' ').collect();
+        if pre_f.len() < 5 {
+            continue;
+        }
+        let controllers: Vec<String> = super_opts
+            .split(',')
+            .filter(|o| {
+                !matches!(*o, "rw" | "ro" | "xattr" | "clone_children" | "noprefix")
+                    && !o.starts_with("release_agent=")
+            })
+            .map(str::to_string)
+            .collect();
+        if out.iter().any(|h| h.controllers == controllers) {
+            continue;
+        }
+        out.push(Hierarchy {
+            mountpoint: PathBuf::from(unescape(pre_f[4])),
+            root: PathBuf::from(unescape(pre_f[3])),
+            controllers,
+        });
+    }
+    Ok(out)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t")
+}
+
+/// Resource usage of one cgroup, shaped like runc's `events --stats` data.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub pids: PidsStats,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Total CPU time, nanoseconds.
+    pub usage_total: u64,
+    pub usage_user: u64,
+    pub usage_kernel: u64,
+    pub throttled_periods: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub usage: u64,
+    pub max_usage: u64,
+    /// u64::MAX when unlimited.
+    pub limit: u64,
+    pub failcnt: u64,
+    /// Processes the kernel OOM killer killed in this cgroup.
+    pub oom_kill: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PidsStats {
+    pub current: u64,
+    /// 0 when unlimited.
+    pub limit: u64,
+}
+
+/// A container's cgroup, across all hierarchies.
+#[derive(Debug, Clone)]
+pub struct Manager {
+    mode: Mode,
+    /// Path inside each hierarchy, absolute ("/ferro/ctr").
+    path: PathBuf,
+    /// v1: (controllers, directory) per hierarchy. v2: one entry.
+    dirs: Vec<(Vec<String>, PathBuf)>,
+}
+
+/// Turns the spec's `cgroupsPath` into an absolute path inside the
+/// hierarchies: absolute paths are kept, relative ones hang off the root, and
+/// none means `/ferro/<id>`.
+pub fn cgroup_path(spec: Option<&Path>, id: &str) -> Result<PathBuf> {
+    let p = match spec {
+        None => PathBuf::from("/ferro").join(id),
+        Some(p) if p.as_os_str().is_empty() => PathBuf::from("/ferro").join(id),
+        Some(p) => {
+            let s = p.to_string_lossy();
+            if s.contains(':') && !s.starts_with('/') {
+                return Err(Error::Msg(format!(
+                    "cgroupsPath {s:?} is a systemd slice:prefix:name path; only cgroupfs paths are supported (do not pass --systemd-cgroup)"
+                )));
+            }
+            PathBuf::from("/").join(p)
+        }
+    };
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::Msg(format!(
+            "cgroupsPath {} must not contain '..'",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
+
+impl Manager {
+    /// Describes (does not create) the cgroup at `path` on this host.
+    pub fn new(path: &Path) -> Result<Self> {
+        let mode = detect();
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let dirs = match mode {
+            Mode::V2 => vec![(Vec::new(), Path::new(CGROUP_ROOT).join(rel))],
+            Mode::V1 | Mode::Hybrid => v1_hierarchies()?
+                .into_iter()
+                .map(|h| (h.controllers.clone(), h.mountpoint.join(rel)))
+                .collect(),
+        };
+        if dirs.is_empty() {
+            return Err(Error::Msg("no cgroup hierarchy is mounted".into()));
+        }
+        Ok(Manager {
+            mode,
+            path: path.to_path_buf(),
+            dirs,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Host directory of the hierarchy holding `controller` (v2: the one dir).
+    pub fn dir(&self, controller: &str) -> Option<&Path> {
+        match self.mode {
+            Mode::V2 => Some(&self.dirs[0].1),
+            _ => self
+                .dirs
+                .iter()
+                .find(|(c, _)| c.iter().any(|x| x == controller))
+                .map(|(_, d)| d.as_path()),
+        }
+    }
+
+    /// All (controllers, host directory) pairs.
+    pub fn dirs(&self) -> &[(Vec<String>, PathBuf)] {
+        &self.dirs
+    }
+
+    /// Creates the cgroup directories (and parents) in every hierarchy.
+    pub fn create(&self) -> Result<()> {
+        for (ctrls, dir) in &self.dirs {
+            if self.mode != Mode::V2 && ctrls.iter().any(|c| c == "cpuset") {
+                create_cpuset(dir)?;
+            } else {
+                fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+            }
+        }
+        if self.mode == Mode::V2 {
+            self.enable_v2_controllers()?;
+        }
+        Ok(())
+    }
+
+    fn enable_v2_controllers(&self) -> Result<()> {
+        let root = Path::new(CGROUP_ROOT);
+        let avail = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let want: Vec<&str> = avail
+            .split_whitespace()
+            .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb"))
+            .collect();
+        let mut cur = root.to_path_buf();
+        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
+        for comp in rel.components() {
+            let ctl = cur.join("cgroup.subtree_control");
+            for c in &want {
+                // Best effort: a controller may be unavailable further down.
+                let _ = fs::write(&ctl, format!("+{c}"));
+            }
+            cur.push(comp);
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` (a whole process) into the cgroup in every hierarchy.
+    pub fn add_task(&self, pid: i32) -> Result<()> {
+        for (_, dir) in &self.dirs {
+            write(dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Processes in the cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let dir = self
+            .dir("pids")
+            .or_else(|| self.dir("memory"))
+            .unwrap_or(&self.dirs[0].1);
+        let p = dir.join("cgroup.procs");
+        match fs::read_to_string(&p) {
+            Ok(t) => Ok(t.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&p, e)),
+        }
+    }
+
+    /// Applies `linux.resources`.
+    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        match self.mode {
+            Mode::V2 => self.apply_v2(r),
+            _ => self.apply_v1(r),
+        }
+    }
+
+    fn need(&self, c: &str) -> Result<&Path> {
+        self.dir(c).ok_or_else(|| {
+            Error::Msg(format!(
+                "config.json sets {c} limits but no {c} cgroup controller is mounted"
+            ))
+        })
+    }
+
+    fn apply_v1(&self, r: &LinuxResources) -> Result<()> {
+        if let Some(m) = r.memory() {
+            let d = self.need("memory")?;
+            if let Some(l) = m.limit() {
+                let lim = v1_limit(l);
+                match m.swap() {
+                    Some(s) => {
+                        let sw = v1_limit(s);
+                        // memsw must stay >= limit at each step; order by direction.
+                        if write(d, "memory.limit_in_bytes", &lim).is_err() {
+                            write(d, "memory.memsw.limit_in_bytes", &sw)?;
+                            write(d, "memory.limit_in_bytes", &lim)?;
+                        } else if d.join("memory.memsw.limit_in_bytes").exists() {
+                            write(d, "memory.memsw.limit_in_bytes", &sw)?;
+                        }
+                    }
+                    None => write(d, "memory.limit_in_bytes", &lim)?,
+                }
+            } else if let Some(s) = m.swap() {
+                write(d, "memory.memsw.limit_in_bytes", &v1_limit(s))?;
+            }
+            if let Some(v) = m.reservation() {
+                write(d, "memory.soft_limit_in_bytes", &v1_limit(v))?;
+            }
+            if let Some(v) = m.swappiness() {
+                if v > 100 {
+                    return Err(Error::Msg(format!("memory swappiness {v} is above 100")));
+                }
+                write(d, "memory.swappiness", &v.to_string())?;
+            }
+            if m.disable_oom_killer() == Some(true) {
+                write(d, "memory.oom_control", "1")?;
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if c.shares().is_some() || c.quota().is_some() || c.period().is_some() {
+                let d = self.need("cpu")?;
+                if let Some(v) = c.shares() {
+                    write(d, "cpu.shares", &v.to_string())?;
+                }
+                if let Some(v) = c.period() {
+                    write(d, "cpu.cfs_period_us", &v.to_string())?;
+                }
+                if let Some(v) = c.quota() {
+                    write(d, "cpu.cfs_quota_us", &v.to_string())?;
+                }
+            }
+            if c.realtime_period().is_some() || c.realtime_runtime().is_some() {
+                let d = self.need("cpu")?;
+                if let Some(v) = c.realtime_period() {
+                    write(d, "cpu.rt_period_us", &v.to_string())?;
+                }
+                if let Some(v) = c.realtime_runtime() {
+                    write(d, "cpu.rt_runtime_us", &v.to_string())?;
+                }
+            }
+            if let Some(v) = c.cpus() {
+                write(self.need("cpuset")?, "cpuset.cpus", v)?;
+            }
+            if let Some(v) = c.mems() {
+                write(self.need("cpuset")?, "cpuset.mems", v)?;
+            }
+        }
+        if let Some(p) = r.pids() {
+            let v = if p.limit() > 0 {
+                p.limit().to_string()
+            } else {
+                "max".into()
+            };
+            write(self.need("pids")?, "pids.max", &v)?;
+        }
+        if let Some(b) = r.block_io() {
+            let d = self.need("blkio")?;
+            if let Some(w) = b.weight() {
+                write(d, "blkio.weight", &w.to_string())?;
+            }
+            if let Some(w) = b.leaf_weight() {
+                write(d, "blkio.leaf_weight", &w.to_string())?;
+            }
+            for wd in b.weight_device().iter().flatten() {
+                if let Some(w) = wd.weight() {
+                    write(
+                        d,
+                        "blkio.weight_device",
+                        &format!("{}:{} {w}", wd.major(), wd.minor()),
+                    )?;
+                }
+            }
+            let thr = [
+                (
+                    "blkio.throttle.read_bps_device",
+                    b.throttle_read_bps_device(),
+                ),
+                (
+                    "blkio.throttle.write_bps_device",
+                    b.throttle_write_bps_device(),
+                ),
+                (
+                    "blkio.throttle.read_iops_device",
+                    b.throttle_read_iops_device(),
+                ),
+                (
+                    "blkio.throttle.write_iops_device",
+                    b.throttle_write_iops_device(),
+                ),
+            ];
+            for (file, list) in thr {
+                for t in list.iter().flatten() {
+                    write(
+                        d,
+                        file,
+                        &format!("{}:{} {}", t.major(), t.minor(), t.rate()),
+                    )?;
+                }
+            }
+        }
+        for h in r.hugepage_limits().iter().flatten() {
+            write(
+                self.need("hugetlb")?,
+                &format!("hugetlb.{}.limit_in_bytes", h.page_size()),
+                &h.limit().to_string(),
+            )?;
+        }
+        if let Some(devs) = r.devices() {
+            if let Some(d) = self.dir("devices") {
+                apply_v1_devices(d, devs)?;
+            }
+        }
+        if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+            return Err(Error::Msg(
+                "linux.resources.unified needs a cgroup v2 host".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_v2(&self, r: &LinuxResources) -> Result<()> {
+        let d = &self.dirs[0].1;
+        if let Some(m) = r.memory() {
+            if let Some(l) = m.limit() {
+                write(d, "memory.max", &v2_limit(l))?;
+                if let Some(s) = m.swap() {
+                    // OCI swap is memory+swap; v2 counts swap alone.
+                    let sw = if s < 0 || l < 0 {
+                        "max".to_string()
+                    } else {
+                        (s.saturating_sub(l)).max(0).to_string()
+                    };
+                    write(d, "memory.swap.max", &sw)?;
+                }
+            }
+            if let Some(v) = m.reservation() {
+                write(d, "memory.low", &v2_limit(v))?;
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if let Some(s) = c.shares() {
+                let w = if s == 0 {
+                    100
+                } else {
+                    1 + ((s.max(2) - 2) * 9999) / 262142
+                };
+                write(d, "cpu.weight", &w.to_string())?;
+            }
+            if c.quota().is_some() || c.period().is_some() {
+                let q = match c.quota() {
+                    Some(q) if q > 0 => q.to_string(),
+                    _ => "max".into(),
+                };
+                let p = c.period().unwrap_or(100_000);
+                write(d, "cpu.max", &format!("{q} {p}"))?;
+            }
+            if let Some(v) = c.cpus() {
+                write(d, "cpuset.cpus", v)?;
+            }
+            if let Some(v) = c.mems() {
+                write(d, "cpuset.mems", v)?;
+            }
+        }
+        if let Some(p) = r.pids() {
+            let v = if p.limit() > 0 {
+                p.limit().to_string()
+            } else {
+                "max".into()
+            };
+            write(d, "pids.max", &v)?;
+        }
+        if let Some(b) = r.block_io() {
+            if let Some(w) = b.weight() {
+                // blkio weight 10..1000 maps onto io.weight 1..10000.
+                let w = 1 + (u64::from(w).saturating_sub(10)) * 9999 / 990;
+                write(d, "io.weight", &w.to_string())?;
+            }
+            let thr = [
+                ("rbps", b.throttle_read_bps_device()),
+                ("wbps", b.throttle_write_bps_device()),
+                ("riops", b.throttle_read_iops_device()),
+                ("wiops", b.throttle_write_iops_device()),
+            ];
+            for (key, list) in thr {
+                for t in list.iter().flatten() {
+                    write(
+                        d,
+                        "io.max",
+                        &format!("{}:{} {key}={}", t.major(), t.minor(), t.rate()),
+                    )?;
+                }
+            }
+        }
+        for h in r.hugepage_limits().iter().flatten() {
+            write(
+                d,
+                &format!("hugetlb.{}.max", h.page_size()),
+                &h.limit().to_string(),
+            )?;
+        }
+        if let Some(u) = r.unified() {
+            for (k, v) in u {
+                if k.contains('/') || k.starts_with('.') {
+                    return Err(Error::Msg(format!(
+                        "unified key {k:?} is not a cgroup file name"
+                    )));
+                }
+                write(d, k, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the cgroup's usage counters.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats::default();
+        match self.mode {
+            Mode::V2 => {
+                let d = &self.dirs[0].1;
+                let cpu = read_kv(&d.join("cpu.stat"));
+                s.cpu.usage_total = kv(&cpu, "usage_usec") * 1000;
+                s.cpu.usage_user = kv(&cpu, "user_usec") * 1000;
+                s.cpu.usage_kernel = kv(&cpu, "system_usec") * 1000;
+                s.cpu.throttled_periods = kv(&cpu, "nr_throttled");
+                s.memory.usage = read_u64(&d.join("memory.current"));
+                s.memory.max_usage = read_u64(&d.join("memory.peak"));
+                s.memory.limit = read_u64(&d.join("memory.max"));
+                let ev = read_kv(&d.join("memory.events"));
+                s.memory.failcnt = kv(&ev, "max");
+                s.memory.oom_kill = kv(&ev, "oom_kill");
+                s.pids.current = read_u64(&d.join("pids.current"));
+                s.pids.limit = read_limit0(&d.join("pids.max"));
+            }
+            _ => {
+                if let Some(d) = self.dir("cpuacct") {
+                    s.cpu.usage_total = read_u64(&d.join("cpuacct.usage"));
+                    let st = read_kv(&d.join("cpuacct.stat"));
+                    // USER_HZ ticks to ns.
+                    s.cpu.usage_user = kv(&st, "user") * 10_000_000;
+                    s.cpu.usage_kernel = kv(&st, "system") * 10_000_000;
+                }
+                if let Some(d) = self.dir("cpu") {
+                    s.cpu.throttled_periods = kv(&read_kv(&d.join("cpu.stat")), "nr_throttled");
+                }
+                if let Some(d) = self.dir("memory") {
+                    s.memory.usage = read_u64(&d.join("memory.usage_in_bytes"));
+                    s.memory.max_usage = read_u64(&d.join("memory.max_usage_in_bytes"));
+                    s.memory.limit = read_u64(&d.join("memory.limit_in_bytes"));
+                    s.memory.failcnt = read_u64(&d.join("memory.failcnt"));
+                    s.memory.oom_kill = kv(&read_kv(&d.join("memory.oom_control")), "oom_kill");
+                }
+                if let Some(d) = self.dir("pids") {
+                    s.pids.current = read_u64(&d.join("pids.current"));
+                    s.pids.limit = read_limit0(&d.join("pids.max"));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Freezes (`true`) or thaws every process in the cgroup.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        match self.mode {
+            Mode::V2 => write(
+                &self.dirs[0].1,
+                "cgroup.freeze",
+                if frozen { "1" } else { "0" },
+            ),
+            _ => {
+                let d = self.need("freezer")?;
+                write(d, "freezer.state", if frozen { "FROZEN" } else { "THAWED" })
+            }
+        }
+    }
+
+    /// True when the freezer says the cgroup is frozen.
+    pub fn is_frozen(&self) -> bool {
+        match self.mode {
+            Mode::V2 => kv(&read_kv(&self.dirs[0].1.join("cgroup.events")), "frozen") == 1,
+            _ => self
+                .dir("freezer")
+                .and_then(|d| fs::read_to_string(d.join("freezer.state")).ok())
+                .is_some_and(|s| s.trim() == "FROZEN"),
+        }
+    }
+
+    /// Removes the cgroup directories, waiting (bounded) for exiting tasks.
+    pub fn destroy(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, dir) in &self.dirs {
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(io_err(dir, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// mkdir -p for cpuset, copying cpus/mems down: a v1 cpuset cgroup with
+/// empty cpuset.cpus refuses tasks.
+fn create_cpuset(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_cpuset(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(dir, e)),
+        }
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let cur = fs::read_to_string(dir.join(f)).unwrap_or_default();
+            if cur.trim().is_empty() {
+                let pv = fs::read_to_string(parent.join(f)).unwrap_or_default();
+                write(dir, f, pv.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_v1_devices(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+    for r in rules {
+        let ty = match r.typ() {
+            Some(LinuxDeviceType::C) => "c",
+            Some(LinuxDeviceType::B) => "b",
+            _ => "a",
+        };
+        let num = |n: Option<i64>| n.map_or("*".to_string(), |v| v.to_string());
+        let rule = if ty == "a" && r.major().is_none() && r.minor().is_none() {
+            "a".to_string()
+        } else {
+            format!(
+                "{ty} {}:{} {}",
+                num(r.major()),
+                num(r.minor()),
+                r.access().as_deref().unwrap_or("rwm")
+            )
+        };
+        let file = if r.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        write(dir, file, &rule)?;
+    }
+    Ok(())
+}
+
+fn v1_limit(v: i64) -> String {
+    if v < 0 {
+        "-1".into()
+    } else {
+        v.to_string()
+    }
+}
+
+fn v2_limit(v: i64) -> String {
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Writes one cgroup control file.
+pub fn write(dir: &Path, file: &str, val: &str) -> Result<()> {
+    let p = dir.join(file);
+    fs::write(&p, val).map_err(|e| Error::Msg(format!("writing {val:?} to {}: {e}", p.display())))
+}
+
+fn read_u64(p: &Path) -> u64 {
+    fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_limit0(p: &Path) -> u64 {
+    read_u64(p)
+}
+
+fn read_kv(p: &Path) -> Vec<(String, u64)> {
+    fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn kv(v: &[(String, u64)], k: &str) -> u64 {
+    v.iter().find(|(x, _)| x == k).map_or(0, |(_, n)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(cgroup_path(None, "a").unwrap(), PathBuf::from("/ferro/a"));
+        assert_eq!(
+            cgroup_path(Some(Path::new("x/y")), "a").unwrap(),
+            PathBuf::from("/x/y")
+        );
+        assert!(cgroup_path(Some(Path::new("/x/../../etc")), "a").is_err());
+        assert!(cgroup_path(Some(Path::new("system.slice:docker:a")), "a").is_err());
+    }
+
+    #[test]
+    fn detects_host_layout() {
+        // Every supported host has at least one hierarchy mounted.
+        let m = detect();
+        if m != Mode::V2 {
+            assert!(!v1_hierarchies().unwrap().is_empty());
+        }
+    }
+}
