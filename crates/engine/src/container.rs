@@ -100,8 +100,9 @@ impl Container {
         Ok(())
     }
 
+    /// Running, or between runs under a restart policy (the monitor is alive).
     pub fn is_running(&self) -> bool {
-        self.state.status == "running"
+        self.state.status == "running" || self.state.status == "restarting"
     }
 
     pub fn short_id(&self) -> &str {

@@ -460,7 +460,7 @@ fn dispatch(a: ContainerArgs) -> Result<i32> {
             let all = container::list(&eng)?;
             if !p.quiet {
                 println!(
-                    "{:<14}{:<24}{:<24}{:<16}{:<26}{:<22}NAMES",
+                    "{:<14}{:<24}{:<24}{:<16}{:<30}{:<24}NAMES",
                     "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
                 );
             }
@@ -483,7 +483,7 @@ fn dispatch(a: ContainerArgs) -> Result<i32> {
                     .map(|p| format!("0.0.0.0:{}->{}/{}", p.host, p.container, p.proto))
                     .collect();
                 println!(
-                    "{:<14}{:<24}{:<24}{:<16}{:<26}{:<22}{}",
+                    "{:<14}{:<24}{:<24}{:<16}{:<30}{:<24}{}",
                     c.short_id(),
                     c.config.image,
                     cmd,

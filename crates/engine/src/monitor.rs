@@ -229,18 +229,20 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
         let oom = oom_kills(&c) > 0;
         let _ = rt.delete(&c.id);
         c.refresh(eng)?;
-        c.state.status = "exited".into();
+        let stopped = stop_marker(eng, &c).exists();
+        let again = !stopped && should_restart(&c.config.restart, code, c.state.restart_count);
+        c.state.status = if again { "restarting" } else { "exited" }.into();
         c.state.pid = 0;
         c.state.exit_code = code;
         c.state.oom_killed = oom;
         c.state.finished_at = images::store::now_rfc3339();
+        if again {
+            c.state.restart_count += 1;
+        }
         c.save(eng)?;
-        let stopped = stop_marker(eng, &c).exists();
-        if stopped || !should_restart(&c.config.restart, code, c.state.restart_count) {
+        if !again {
             break code;
         }
-        c.state.restart_count += 1;
-        c.save(eng)?;
         // Back off a crash-looping container (100 ms doubling, at most 2 s).
         let ms = 100u64 << c.state.restart_count.min(5);
         std::thread::sleep(std::time::Duration::from_millis(ms.min(2000)));
@@ -340,7 +342,7 @@ pub fn wait_exited(eng: &Engine, id: &str, timeout: std::time::Duration) -> Resu
         let c = Container::load(eng, id)?;
         let monitor_gone =
             c.state.monitor_pid <= 0 || !crate::container::pid_alive(c.state.monitor_pid);
-        if c.state.status != "running" || monitor_gone {
+        if !c.is_running() || monitor_gone {
             return Ok(c);
         }
         if std::time::Instant::now() > deadline {

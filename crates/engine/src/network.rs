@@ -7,10 +7,8 @@
 use crate::container::{Container, Port};
 use crate::paths::Engine;
 use anyhow::{bail, Context, Result};
-use std::collections::HashSet;
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::io::AsRawFd;
 use std::process::Command;
 
 pub const BRIDGE: &str = "ferro0";
@@ -95,56 +93,79 @@ pub fn netns_path(c: &Container) -> String {
     format!("/run/netns/{}", netns_name(c))
 }
 
-/// Locks the network allocation (held while choosing an address).
-struct NetLock(std::fs::File);
-impl Drop for NetLock {
-    fn drop(&mut self) {
-        // SAFETY: valid fd owned by self.0.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+/// Address and host-port leases are host-wide (not per engine root): one
+/// file per lease under /run/ferrovisor, created atomically, holding the
+/// owner's netns name; a lease whose netns is gone is stale and reused.
+const LEASES: &str = "/run/ferrovisor/net";
+
+fn take_lease(kind: &str, key: &str, owner: &str) -> Result<bool> {
+    let dir = std::path::Path::new(LEASES).join(kind);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = dir.join(key);
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(owner.as_bytes())?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&p).unwrap_or_default();
+                if holder == owner {
+                    return Ok(true);
+                }
+                if holder.is_empty() || std::path::Path::new("/run/netns").join(&holder).exists() {
+                    return Ok(false);
+                }
+                // Stale: the owner's netns is gone.
+                let _ = std::fs::remove_file(&p);
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating lease {}", p.display())),
+        }
     }
+    Ok(false)
 }
 
-fn lock(eng: &Engine) -> Result<NetLock> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(eng.root.join("network.lock"))?;
-    // SAFETY: valid fd owned by f.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error().into());
+fn drop_lease(kind: &str, key: &str, owner: &str) {
+    let p = std::path::Path::new(LEASES).join(kind).join(key);
+    if std::fs::read_to_string(&p)
+        .map(|h| h == owner)
+        .unwrap_or(false)
+    {
+        let _ = std::fs::remove_file(p);
     }
-    Ok(NetLock(f))
 }
 
 /// Creates the container's netns and veth, picks an address; returns it.
 pub fn setup_bridge(eng: &Engine, c: &mut Container) -> Result<String> {
-    let _l = lock(eng)?;
     ensure_bridge()?;
-    let used: HashSet<String> = crate::container::list(eng)?
-        .into_iter()
-        .filter(|o| o.id != c.id)
-        .map(|o| o.ip)
-        .collect();
-    let ip = (2..255)
-        .map(|n| format!("{SUBNET_PREFIX}.{n}"))
-        .find(|a| !used.contains(a))
-        .context("no free address left on the ferro0 bridge")?;
+    let owner = netns_name(c);
+    // The netns exists before any lease names it, so a lease is never seen stale.
+    run(&["ip", "netns", "add", &owner])?;
+    let mut ip = None;
+    for n in 2..255 {
+        let a = format!("{SUBNET_PREFIX}.{n}");
+        if take_lease("ip", &a, &owner)? {
+            ip = Some(a);
+            break;
+        }
+    }
+    let ip = ip.context("no free address left on the ferro0 bridge")?;
+    // Record the lease before anything else can fail, so teardown frees it.
+    c.ip = ip.clone();
+    c.save(eng)?;
     for p in &c.config.ports {
-        if crate::container::list(eng)?.iter().any(|o| {
-            o.id != c.id
-                && o.config
-                    .ports
-                    .iter()
-                    .any(|q| q.host == p.host && q.proto == p.proto)
-        }) {
+        if !take_lease("port", &format!("{}-{}", p.proto, p.host), &owner)? {
             bail!("port {} is already allocated", p.host);
         }
     }
     let ns = netns_name(c);
     let host_if = format!("vf{}", &c.id[..10]);
     let peer = format!("vc{}", &c.id[..10]);
-    run(&["ip", "netns", "add", &ns])?;
     let res = (|| -> Result<()> {
         run(&[
             "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
@@ -173,13 +194,7 @@ pub fn setup_bridge(eng: &Engine, c: &mut Container) -> Result<String> {
         }
         Ok(())
     })();
-    if let Err(e) = res {
-        let _ = run(&["ip", "link", "del", &host_if]);
-        let _ = run(&["ip", "netns", "del", &ns]);
-        return Err(e);
-    }
-    c.ip = ip.clone();
-    c.save(eng)?;
+    res?;
     Ok(ip)
 }
 
@@ -235,9 +250,10 @@ fn dnat_rules(p: &Port, ip: &str, id: &str) -> Vec<Vec<String>> {
 
 /// Removes what `setup_bridge` made (idempotent).
 pub fn teardown(c: &Container) {
-    if c.ip.is_empty() {
+    if c.config.network != "bridge" {
         return;
     }
+    let owner = netns_name(c);
     for p in &c.config.ports {
         for rule in dnat_rules(p, &c.ip, &c.id) {
             let r: Vec<&str> = rule.iter().map(String::as_str).collect();
@@ -245,7 +261,11 @@ pub fn teardown(c: &Container) {
         }
     }
     let _ = run(&["ip", "link", "del", &format!("vf{}", &c.id[..10])]);
-    let _ = run(&["ip", "netns", "del", &netns_name(c)]);
+    let _ = run(&["ip", "netns", "del", &owner]);
+    for p in &c.config.ports {
+        drop_lease("port", &format!("{}-{}", p.proto, p.host), &owner);
+    }
+    drop_lease("ip", &c.ip, &owner);
 }
 
 /// Serves `127.0.0.1:HOST` by copying to the container's address (TCP),

@@ -1,0 +1,790 @@
+//! `ferro container …` end to end, as root, with runc as the OCI runtime
+//! (`FERRO_TEST_RUNTIME` picks another, e.g. `ferro` for `ferro oci`).
+//! Test images are built here from Debian's busybox-static; a registry
+//! test starts Debian's docker-registry on a private loopback port.
+
+use images::Digest;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+// ---------- image building ----------
+
+enum E<'a> {
+    Dir,
+    File(&'a [u8]),
+    Sym(&'a str),
+    /// Hardlink; name and target written raw (may be hostile).
+    Hard(&'a str),
+}
+
+fn raw_header(name: &str, kind: tar::EntryType, size: u64, link: &str) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o755);
+    h.set_mtime(1_700_000_000);
+    let n = name.as_bytes();
+    h.as_old_mut().name[..n.len()].copy_from_slice(n);
+    let l = link.as_bytes();
+    h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+    h.set_cksum();
+    h
+}
+
+fn layer(entries: &[(&str, E)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, e) in entries {
+        match e {
+            E::Dir => b.append(&raw_header(name, tar::EntryType::Directory, 0, ""), &[][..]),
+            E::File(d) => b.append(
+                &raw_header(name, tar::EntryType::Regular, d.len() as u64, ""),
+                *d,
+            ),
+            E::Sym(t) => b.append(&raw_header(name, tar::EntryType::Symlink, 0, t), &[][..]),
+            E::Hard(t) => b.append(&raw_header(name, tar::EntryType::Link, 0, t), &[][..]),
+        }
+        .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn busybox_layer() -> Vec<u8> {
+    let bb =
+        std::fs::read("/bin/busybox").expect("busybox-static is installed (scripts/deps test)");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    let applets: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+        .map(|a| format!("bin/{a}"))
+        .collect();
+    let mut e: Vec<(&str, E)> = vec![("bin", E::Dir), ("bin/busybox", E::File(&bb))];
+    for a in &applets {
+        e.push((a.as_str(), E::Sym("/bin/busybox")));
+    }
+    e.extend([
+        ("etc", E::Dir),
+        (
+            "etc/passwd",
+            E::File(b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"),
+        ),
+        ("etc/group", E::File(b"root:x:0:\nnogroup:x:65534:\n")),
+        ("tmp", E::Dir),
+        ("www", E::Dir),
+        ("www/index.html", E::File(b"hello from ferro\n")),
+    ]);
+    layer(&e)
+}
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn config_for(layers: &[Vec<u8>], cmd: &[&str]) -> Vec<u8> {
+    let diffs: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
+    serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": diffs}
+    }))
+    .unwrap()
+}
+
+fn add(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, name, data).unwrap();
+}
+
+/// An OCI layout tarball of one image. `corrupt` stores the first layer
+/// under a digest that does not match its bytes.
+fn oci_archive(name: &str, layers: &[Vec<u8>], corrupt: bool) -> Vec<u8> {
+    let cfg = config_for(layers, &["sh"]);
+    let gzs: Vec<Vec<u8>> = layers.iter().map(|l| gz(l)).collect();
+    let mut descs = Vec::new();
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, g) in gzs.iter().enumerate() {
+        let d = Digest::of(g);
+        let mut data = g.clone();
+        if corrupt && i == 0 {
+            let n = data.len();
+            data[n - 10] ^= 0xff;
+        }
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.to_string(), "size": g.len()}));
+        blobs.push((d.hex().to_string(), data));
+    }
+    let cd = Digest::of(&cfg);
+    let man = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cfg.len()},
+        "layers": descs
+    }))
+    .unwrap();
+    let md = Digest::of(&man);
+    let idx = serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": man.len(),
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "latest"}}]}))
+    .unwrap();
+    blobs.push((cd.hex().to_string(), cfg));
+    blobs.push((md.hex().to_string(), man));
+    let mut b = tar::Builder::new(Vec::new());
+    add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add(&mut b, "index.json", &idx);
+    for (h, d) in &blobs {
+        add(&mut b, &format!("blobs/sha256/{h}"), d);
+    }
+    b.into_inner().unwrap()
+}
+
+/// A legacy docker-archive (`docker save` before 25): `<id>/layer.tar`,
+/// `<config>.json`, `manifest.json`.
+fn docker_archive(name: &str, layers: &[Vec<u8>]) -> Vec<u8> {
+    let cfg = config_for(layers, &["sh"]);
+    let cd = Digest::of(&cfg);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut names = Vec::new();
+    for l in layers {
+        let n = format!("{}/layer.tar", Digest::of(l).hex());
+        add(&mut b, &n, l);
+        names.push(n);
+    }
+    add(&mut b, &format!("{}.json", cd.hex()), &cfg);
+    let m = json!([{"Config": format!("{}.json", cd.hex()), "RepoTags": [name], "Layers": names}]);
+    add(&mut b, "manifest.json", &serde_json::to_vec(&m).unwrap());
+    b.into_inner().unwrap()
+}
+
+// ---------- running ferro ----------
+
+struct Eng {
+    dir: tempfile::TempDir,
+}
+
+fn runtime() -> String {
+    std::env::var("FERRO_TEST_RUNTIME").unwrap_or_else(|_| "runc".into())
+}
+
+impl Eng {
+    fn new() -> Eng {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "container tests run as root");
+        Eng {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferro"));
+        c.arg("container").args(args);
+        c.env("FERRO_ROOT", self.root())
+            .env("FERRO_RUNTIME", runtime());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "ferro container {args:?} failed ({:?}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn load(&self, archive: &[u8]) -> Output {
+        let p = self
+            .dir
+            .path()
+            .join(format!("in-{}.tar", Digest::of(archive).short()));
+        std::fs::write(&p, archive).unwrap();
+        self.run(&["load", "-i", p.to_str().unwrap()])
+    }
+
+    fn load_busybox(&self) {
+        let o = self.load(&oci_archive("busybox:latest", &[busybox_layer()], false));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn inspect(&self, what: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.ok(&["inspect", what])).unwrap();
+        v[0].clone()
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.inspect(what);
+            if cond(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting on {what}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Eng {
+    fn drop(&mut self) {
+        // Unmount rootfs overlays and free network leases.
+        let ids = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+    }
+}
+
+fn out_err(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+// ---------- tests ----------
+
+#[test]
+fn whiteouts_and_load_save_round_trips() {
+    let e = Eng::new();
+    let base = busybox_layer();
+    let l2 = layer(&[
+        ("a", E::Dir),
+        ("a/x", E::File(b"x")),
+        ("a/y", E::File(b"y")),
+        ("d", E::Dir),
+        ("d/old", E::File(b"old")),
+    ]);
+    let l3 = layer(&[
+        ("a/.wh.x", E::File(b"")),
+        ("d/.wh..wh..opq", E::File(b"")),
+        ("d/new", E::File(b"new")),
+    ]);
+    let layers = vec![base, l2, l3];
+    let check = |img: &str| {
+        let out = e.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            img,
+            "sh",
+            "-c",
+            "ls /a; echo --; ls /d",
+        ]);
+        assert_eq!(out, "y\n--\nnew\n", "whiteouts in {img}");
+    };
+    let o = e.load(&oci_archive("wh:oci", &layers, false));
+    assert!(o.status.success(), "{}", out_err(&o));
+    assert!(
+        out_err(&o).contains("Loaded image: wh:oci"),
+        "{}",
+        out_err(&o)
+    );
+    check("wh:oci");
+    // save → rmi → load gives the same image ID and filesystem.
+    let id = e.inspect("wh:oci")["Id"].as_str().unwrap().to_string();
+    let saved = e.dir.path().join("saved.tar");
+    e.ok(&["save", "-o", saved.to_str().unwrap(), "wh:oci"]);
+    e.ok(&["rmi", "wh:oci"]);
+    assert!(!e.ok(&["images"]).contains("wh"));
+    e.ok(&["load", "-i", saved.to_str().unwrap()]);
+    assert_eq!(e.inspect("wh:oci")["Id"].as_str().unwrap(), id);
+    check("wh:oci");
+    // A legacy docker-archive of the same layers.
+    let o = e.load(&docker_archive("wh:docker", &layers));
+    assert!(o.status.success(), "{}", out_err(&o));
+    check("wh:docker");
+    assert_eq!(
+        e.inspect("wh:docker")["Id"].as_str().unwrap(),
+        id,
+        "same config bytes, same ID"
+    );
+    // tag + images listing.
+    e.ok(&["tag", "wh:oci", "other/name:v2"]);
+    let imgs = e.ok(&["images"]);
+    assert!(imgs.contains("other/name") && imgs.contains("v2"), "{imgs}");
+}
+
+#[test]
+fn hostile_layers_are_refused() {
+    let e = Eng::new();
+    let outside = e.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let esc = outside.display().to_string();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (layer(&[("../../../../pwned", E::File(b"x"))]), "'..'"),
+        (
+            layer(&[("evil", E::Sym(&esc)), ("evil/pwned", E::File(b"x"))]),
+            "symlink",
+        ),
+        (
+            layer(&[("evil", E::Sym("/")), ("evil/tmp/pwned", E::File(b"x"))]),
+            "symlink",
+        ),
+        (
+            layer(&[("h", E::Hard("../../../../etc/passwd"))]),
+            "escapes",
+        ),
+        (
+            layer(&[("h", E::Hard("/etc/shadow"))]),
+            "not a file in this layer",
+        ),
+    ];
+    for (i, (l, want)) in cases.into_iter().enumerate() {
+        let o = e.load(&oci_archive(&format!("evil:{i}"), &[l], false));
+        assert!(!o.status.success(), "hostile layer {i} loaded");
+        assert!(out_err(&o).contains(want), "case {i}: {}", out_err(&o));
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!Path::new("/pwned").exists() && !Path::new("/tmp/pwned").exists());
+    let o = e.load(&oci_archive("corrupt:1", &[busybox_layer()], true));
+    assert!(!o.status.success());
+    assert!(out_err(&o).contains("digest mismatch"), "{}", out_err(&o));
+    assert!(!e.ok(&["images"]).contains("corrupt"));
+    // No unpacked layer or stray file was left behind in the store.
+    let layers = std::fs::read_dir(e.root().join("images/layers"))
+        .unwrap()
+        .count();
+    assert_eq!(layers, 0);
+}
+
+#[test]
+fn run_ps_logs_exec_stop_rm() {
+    let e = Eng::new();
+    e.load_busybox();
+    let id = e
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "t1",
+            "--network",
+            "none",
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/work",
+            "busybox",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; echo $FOO; pwd; exec sleep 300",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = e.run(&["logs", "t1"]);
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        if s.contains("/work") {
+            assert_eq!(s, "out\nbar\n/work\n");
+            assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs never showed the output: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(e.ok(&["logs", "--tail", "1", "t1"]), "/work\n");
+    let ps = e.ok(&["ps"]);
+    assert!(
+        ps.contains("t1") && ps.contains(&id[..12]) && ps.contains("Up"),
+        "{ps}"
+    );
+    assert_eq!(e.ok(&["ps", "-q"]).trim(), &id[..12]);
+    assert_eq!(
+        e.ok(&["exec", "t1", "sh", "-c", "echo $FOO; pwd"]),
+        "bar\n/work\n"
+    );
+    assert_eq!(e.ok(&["exec", "-u", "nobody", "t1", "id", "-u"]), "65534\n");
+    let o = e.run(&["exec", "t1", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    let o = e.run(&["rm", "t1"]);
+    assert!(!o.status.success() && out_err(&o).contains("cannot remove a running container"));
+    let t0 = Instant::now();
+    e.ok(&["stop", "-t", "1", "t1"]);
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let v = e.inspect("t1");
+    assert_eq!(v["State"]["Status"], "exited");
+    // sleep as PID 1 ignores SIGTERM, so stop escalated to SIGKILL.
+    assert_eq!(v["State"]["ExitCode"], 137);
+    assert_eq!(v["State"]["OOMKilled"], false);
+    assert!(e.ok(&["ps", "-a"]).contains("Exited (137)"));
+    assert!(!e.ok(&["ps"]).contains("t1"));
+    e.ok(&["rm", "t1"]);
+    assert!(!e.ok(&["ps", "-a"]).contains("t1"));
+
+    // Foreground: output, exit code, --rm.
+    let o = e.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo fg; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "fg\n");
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+    // -v HOST:CTR:ro, -u, --entrypoint.
+    let vol = e.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("f"), "data\n").unwrap();
+    let spec = format!("{}:/data:ro", vol.display());
+    let o = e.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &spec,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/g",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "data\n");
+    assert!(!vol.join("g").exists());
+    let spec = format!("{}:/data", vol.display());
+    e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &spec,
+        "busybox",
+        "touch",
+        "/data/g",
+    ]);
+    assert!(vol.join("g").exists());
+    assert_eq!(
+        e.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-u",
+            "nobody",
+            "busybox",
+            "id",
+            "-u"
+        ]),
+        "65534\n"
+    );
+    assert_eq!(
+        e.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "echo",
+            "busybox",
+            "a",
+            "b"
+        ]),
+        "a b\n"
+    );
+    // --restart on-failure:2 runs three times in all.
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "rs",
+        "--network",
+        "none",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "echo try; exit 1",
+    ]);
+    let v = e.wait_for("rs", |v| {
+        v["RestartCount"] == 2 && v["State"]["Status"] == "exited"
+    });
+    assert_eq!(v["State"]["ExitCode"], 1);
+    assert_eq!(e.ok(&["logs", "rs"]), "try\ntry\ntry\n");
+    // Bad input gets clear errors.
+    let o = e.run(&["run", "--rm", "nosuchimage:1"]);
+    assert!(!o.status.success());
+    let o = e.run(&["run", "--rm", "-m", "lots", "busybox", "true"]);
+    assert!(out_err(&o).contains("invalid size"), "{}", out_err(&o));
+}
+
+#[test]
+fn memory_limit_oom_and_pids_limit() {
+    let e = Eng::new();
+    e.load_busybox();
+    let o = e.run(&[
+        "run",
+        "--name",
+        "oom",
+        "--network",
+        "none",
+        "-m",
+        "16m",
+        "busybox",
+        "sh",
+        "-c",
+        "x=$(yes | head -c 100000000); echo survived",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{}", out_err(&o));
+    assert!(!out_err(&o).contains("survived"));
+    let v = e.inspect("oom");
+    assert_eq!(v["State"]["OOMKilled"], true, "{v}");
+    assert_eq!(v["State"]["ExitCode"], 137);
+    // A fork bomb hits the pids limit instead of the host: ash stops at the
+    // first failed fork, after fewer than 20 children.
+    let o = e.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sh",
+        "-c",
+        "n=0; for i in $(seq 1 200); do sleep 30 & n=$((n+1)); echo $n; done",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last: u32 = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    assert!(last > 0 && last < 20, "{}", out_err(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("can't fork"),
+        "{}",
+        out_err(&o)
+    );
+    // stats reads the container's cgroups.
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "st",
+        "--network",
+        "none",
+        "-m",
+        "32m",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    let st = e.ok(&["stats", "--no-stream", "st"]);
+    assert!(st.contains("st") && st.contains("/ 33.554MB"), "{st}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    Some(r)
+}
+
+fn poll_http(addr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = http_get(addr) {
+            if r.contains("200") {
+                return r;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn publish_serves_busybox_httpd() {
+    let e = Eng::new();
+    e.load_busybox();
+    let port = free_port();
+    let p = format!("{port}:80");
+    e.ok(&[
+        "run", "-d", "--name", "web", "-p", &p, "busybox", "httpd", "-f", "-p", "80", "-h", "/www",
+    ]);
+    let r = poll_http(&format!("127.0.0.1:{port}"));
+    assert!(r.contains("hello from ferro"), "{r}");
+    // The host's own non-loopback address goes through the DNAT rules.
+    let addrs = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    let host_ip = String::from_utf8_lossy(&addrs.stdout)
+        .lines()
+        .filter(|l| !l.contains("ferro0"))
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .map(|a| a.split('/').next().unwrap().to_string())
+        });
+    if let Some(ip) = host_ip {
+        let r = poll_http(&format!("{ip}:{port}"));
+        assert!(r.contains("hello from ferro"), "{r}");
+    }
+    let ip = e.inspect("web")["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with("10.89.0."), "{ip}");
+    // Container to container over the bridge.
+    let url = format!("http://{ip}/");
+    assert_eq!(
+        e.ok(&["run", "--rm", "busybox", "wget", "-qO-", &url]),
+        "hello from ferro\n"
+    );
+    e.ok(&["rm", "-f", "web"]);
+    assert!(http_get(&format!("127.0.0.1:{port}")).is_none());
+}
+
+struct Registry {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry(dir: &Path, htpasswd: Option<&str>) -> Registry {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let mut cfg = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("data").display()
+    );
+    if let Some(line) = htpasswd {
+        std::fs::write(dir.join("htpasswd"), line).unwrap();
+        cfg += &format!(
+            "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        );
+    }
+    std::fs::write(dir.join("config.yml"), cfg).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("docker-registry is installed (scripts/deps test)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "registry did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Registry { child, port }
+}
+
+#[test]
+fn push_and_pull_with_a_local_registry() {
+    let e = Eng::new();
+    e.load_busybox();
+    let anon = registry(&e.dir.path().join("reg-anon"), None);
+    let name = format!("127.0.0.1:{}/test/busybox:v1", anon.port);
+    e.ok(&["tag", "busybox", &name]);
+    let id = e.inspect("busybox")["Id"].as_str().unwrap().to_string();
+    e.ok(&["push", &name]);
+    e.ok(&["rmi", &name]);
+    e.ok(&["rmi", "busybox"]);
+    assert_eq!(e.ok(&["images", "-q"]), "");
+    e.ok(&["pull", &name]);
+    assert_eq!(e.inspect(&name)["Id"].as_str().unwrap(), id);
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "none", &name, "echo", "pulled"]),
+        "pulled\n"
+    );
+    let o = e.run(&[
+        "pull",
+        "--platform",
+        "linux/s390x",
+        &format!("127.0.0.1:{}/test/nothere:v1", anon.port),
+    ]);
+    assert!(!o.status.success());
+
+    // Basic auth (htpasswd with bcrypt).
+    let hp = Command::new("htpasswd")
+        .args(["-Bbn", "alice", "s3cret"])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    let auth = registry(
+        &e.dir.path().join("reg-auth"),
+        Some(&String::from_utf8_lossy(&hp.stdout)),
+    );
+    let secured = format!("127.0.0.1:{}/private/bb:v1", auth.port);
+    e.ok(&["tag", &name, &secured]);
+    let o = e.run(&["push", &secured]);
+    assert!(
+        !o.status.success() && out_err(&o).contains("401"),
+        "{}",
+        out_err(&o)
+    );
+    e.ok(&[
+        "push",
+        "--username",
+        "alice",
+        "--password",
+        "s3cret",
+        &secured,
+    ]);
+    e.ok(&["rmi", &secured]);
+    let o = e.run(&["pull", &secured]);
+    assert!(
+        !o.status.success() && out_err(&o).to_lowercase().contains("not authorized"),
+        "{}",
+        out_err(&o)
+    );
+    e.ok(&[
+        "pull",
+        "--username",
+        "alice",
+        "--password",
+        "s3cret",
+        &secured,
+    ]);
+    assert_eq!(e.inspect(&secured)["Id"].as_str().unwrap(), id);
+}
