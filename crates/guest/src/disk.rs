@@ -89,7 +89,8 @@ pub fn stage_tree(root: &Path, busybox: &[u8], modules: &[(String, Vec<u8>)]) ->
         symlink(target, root.join(link))?;
     }
     write_file(root, "etc/inittab", 0o644, INITTAB.as_bytes())?;
-    write_file(root, "etc/init.d/rcS", 0o755, RCS.as_bytes())?;
+    let rcs = format!("{RCS}{}", crate::AGENT_SH);
+    write_file(root, "etc/init.d/rcS", 0o755, rcs.as_bytes())?;
     write_file(root, "etc/profile", 0o644, PROFILE.as_bytes())?;
     write_file(
         root,

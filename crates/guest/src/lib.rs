@@ -215,9 +215,41 @@ impl DefaultGuest {
     }
 }
 
+/// Shell lines shared by the default guest's `/init` and the root disk's
+/// rcS (docs/CONTROL.md): `/etc/machine-id` from the machine UUID (device
+/// tree `serial-number`) when empty, and, when `ferro run --control` added
+/// the agent channel (named in `/chosen`), the agent: the last hvc that
+/// opens is its port, and the line `poweroff` there powers the guest off.
+#[macro_export]
+macro_rules! guest_agent_sh {
+    () => {
+        r#"if [ ! -s /etc/machine-id ] && [ -r /proc/device-tree/serial-number ]; then
+    id=$(tr -dc '0-9a-f' < /proc/device-tree/serial-number)
+    [ ${#id} -eq 32 ] && echo "$id" > /etc/machine-id
+fi
+if [ -e /proc/device-tree/chosen/ferrovisor,agent-console ]; then
+    (
+        for n in 7 6 5 4 3 2 1 0; do
+            ( : < /dev/hvc$n ) 2>/dev/null && break
+        done
+        exec < /dev/hvc$n > /dev/null 2>&1
+        stty -echo
+        while read -r cmd; do
+            [ "$cmd" = poweroff ] && poweroff
+        done
+    ) &
+fi
+"#
+    };
+}
+
+/// [`guest_agent_sh!`] as a string.
+pub const AGENT_SH: &str = guest_agent_sh!();
+
 /// The default guest's `/init`: mounts, modules, the root-disk hook, then
 /// BusyBox init with a shell on the console (so `poweroff` works).
-pub const DEFAULT_INIT: &str = r#"#!/bin/busybox sh
+pub const DEFAULT_INIT: &str = concat!(
+    r#"#!/bin/busybox sh
 # Ferrovisor default guest: set up, optionally switch to a root disk, then
 # hand over to BusyBox init (which runs a shell on the console).
 /bin/busybox --install -s
@@ -284,10 +316,13 @@ if [ -n "$root" ]; then
         echo "ferro-init: cannot mount $root ($fstype); staying in the initramfs"
     fi
 fi
-echo
+"#,
+    guest_agent_sh!(),
+    r#"echo
 echo "Ferrovisor default guest (Debian kernel $(uname -r), BusyBox). 'poweroff' ends the VM; Ctrl-A X quits."
 exec /sbin/init
-"#;
+"#
+);
 
 const INITTAB: &str = "::respawn:/bin/cttyhack /bin/sh -l\n\
 ::ctrlaltdel:/sbin/reboot\n\

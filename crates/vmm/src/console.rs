@@ -48,7 +48,9 @@ impl RawTerminal {
             return None;
         }
         let _ = SAVED.set(t);
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SIGTERM/SIGINT are a clean quit (crate::quit_on_signals): the
+        // terminal comes back when RawTerminal drops on that exit path.
+        for sig in [libc::SIGHUP, libc::SIGQUIT] {
             // SAFETY: installs an async-signal-safe handler.
             unsafe {
                 libc::signal(sig, restore_and_die as *const () as libc::sighandler_t);
@@ -90,7 +92,7 @@ impl Target {
 }
 
 /// Feeds all of `bytes` to the UART, waiting while its FIFO is full.
-fn feed(target: &Target, mut bytes: &[u8]) {
+pub(crate) fn feed(target: &Target, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         let Some((uart, _)) = target.get() else {
             return;

@@ -1,11 +1,12 @@
 //! `ferro run --arch x86_64 --accel kvm`: the x86-64 machine on Linux KVM,
 //! with the same virtio devices as the emulator path.
 //!
-//! Exit codes: guest poweroff or reset 0 (a reset ends the run, as with
-//! Firecracker); host stop (Ctrl-A X) 0; triple fault, KVM internal error or
-//! failed VM entry 1 with a message naming it.
+//! Exit codes: guest poweroff 0 (`poweroff`) or reset 0 (`reboot`: a reset
+//! ends the run, as with Firecracker); host stop (Ctrl-A X, `quit`, SIGTERM)
+//! 0 (`quit`); triple fault, KVM internal error or failed VM entry 3
+//! (`crashed`) with a message naming it. The control socket's [`KvmVm`]
+//! offers status, quit, pause and resume.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,61 @@ use hypervisor::kvm::Kvm;
 use hypervisor::runner::{self, VmControl, VmExit};
 use hypervisor::{Vm, X86Boot, X86Mode};
 
-use crate::{parse_memory, read_blob, virtio, RunArgs};
+use crate::control::{RunState, VmStatus};
+use crate::emu::VmInfo;
+use crate::{parse_memory, read_blob, serial_out, virtio, Outcome, RunArgs};
+
+/// The KVM backend's control-socket side.
+pub struct KvmVm {
+    info: VmInfo,
+    control: Arc<VmControl>,
+    quit_why: Mutex<Option<String>>,
+}
+
+impl KvmVm {
+    pub fn quit_because(&self, why: &str) {
+        self.quit_why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| why.to_string());
+        self.control.request_exit(VmExit::Stopped);
+    }
+    fn quit_message(&self) -> String {
+        let why = self
+            .quit_why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        format!("stopped by the host ({})", why.as_deref().unwrap_or("quit"))
+    }
+}
+
+impl crate::control::VmControl for KvmVm {
+    fn status(&self) -> VmStatus {
+        let state = if self.control.is_paused() {
+            RunState::Paused
+        } else {
+            RunState::Running
+        };
+        self.info.status(state)
+    }
+    /// No ACPI power button or i8042 reset line to the guest yet.
+    fn powerdown(&self) -> Result<bool> {
+        Ok(false)
+    }
+    fn quit(&self) -> Result<()> {
+        self.quit_because("quit command");
+        Ok(())
+    }
+    fn pause(&self) -> Result<()> {
+        self.control.pause();
+        Ok(())
+    }
+    fn resume(&self) -> Result<()> {
+        self.control.resume();
+        Ok(())
+    }
+}
 
 impl virtio::VirtioHost for MachineBuilder {
     fn memory(&self) -> &vm_memory::GuestMemoryMmap {
@@ -27,21 +82,6 @@ impl virtio::VirtioHost for MachineBuilder {
     }
     fn attach_virtio(&mut self, slot: &VirtioSlot, dev: Arc<Mutex<dyn BusDevice>>) -> Result<()> {
         Ok(MachineBuilder::attach_virtio(self, slot, dev)?)
-    }
-}
-
-/// Guest serial output to stdout, flushed per write (the UART writes one
-/// byte at a time; a line buffer would hold back prompts).
-struct Stdout;
-impl Write for Stdout {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let mut o = std::io::stdout().lock();
-        o.write_all(b)?;
-        o.flush()?;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
     }
 }
 
@@ -67,7 +107,7 @@ pub fn boot_regs(e: Entry) -> X86Boot {
     }
 }
 
-pub fn run(args: &RunArgs) -> Result<i32> {
+pub fn run(args: &RunArgs) -> Result<Outcome> {
     let ram_size = parse_memory(&args.memory)?;
     let kernel_path = args.kernel.as_ref().context(
         "--arch x86_64 needs --kernel (a bzImage or an ELF vmlinux); there is no default x86-64 guest",
@@ -101,6 +141,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         })
     });
     let irq_vm = vm.clone();
+    // Serial output, flushed per write by the sink (the UART writes one byte
+    // at a time; a line buffer would hold back prompts).
+    let sink =
+        serial_out::SerialSink::new(args.console_socket.is_none(), args.serial_log.as_deref())?;
     let mut builder = MachineBuilder::new(
         MachineConfig {
             cpus: args.cpus,
@@ -108,7 +152,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             kernel,
             initrd,
             cmdline: args.append.clone().unwrap_or_default(),
-            console_out: Box::new(Stdout),
+            console_out: sink.writer(),
         },
         Box::new(move |gsi| irq_vm.irq_line(gsi)),
         on_power,
@@ -120,25 +164,62 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         machine.boot,
         machine.cmdline
     );
-    let code = run_machine(&*vm, machine, control)?;
-    Ok(code)
+    let kvm_vm = Arc::new(KvmVm {
+        info: VmInfo {
+            name: args.name.clone().unwrap_or_default(),
+            uuid: args.uuid.clone().unwrap_or_else(crate::uuid::random),
+            arch: "x86_64",
+            cpus: args.cpus,
+            memory_bytes: ram_size,
+        },
+        control: control.clone(),
+        quit_why: Mutex::new(None),
+    });
+    run_machine(&*vm, machine, kvm_vm, args, sink)
 }
 
-fn run_machine(vm: &dyn Vm, m: Machine, control: Arc<VmControl>) -> Result<i32> {
+fn run_machine(
+    vm: &dyn Vm,
+    m: Machine,
+    kvm_vm: Arc<KvmVm>,
+    args: &RunArgs,
+    sink: serial_out::SerialSink,
+) -> Result<Outcome> {
+    let control = kvm_vm.control.clone();
     vm.set_memory(&m.mem)?;
     let boot = boot_regs(m.boot.entry);
     let n = m.cpus as u32;
     let vcpus = (0..n)
         .map(|id| vm.create_vcpu(id, n, (id == 0).then_some(&boot)))
         .collect::<Result<Vec<_>, _>>()?;
-    let _raw = crate::console::RawTerminal::enter();
     let target = crate::console::Target::default();
-    let ctl = control.clone();
+    let q = kvm_vm.clone();
     target.set(
         m.serial.clone(),
-        Arc::new(move || ctl.request_exit(VmExit::Stopped)),
+        Arc::new(move || q.quit_because("Ctrl-A X")),
     );
-    crate::console::spawn_input(target, crate::console::stdin_is_tty());
+    let _control = args
+        .control
+        .as_ref()
+        .map(|p| crate::control::ControlServer::start(p, kvm_vm.clone()))
+        .transpose()?;
+    let _console = args
+        .console_socket
+        .as_ref()
+        .map(|p| serial_out::ConsoleSocket::start(p, sink.clone(), target.clone()))
+        .transpose()?;
+    {
+        let q = kvm_vm.clone();
+        crate::quit_on_signals(move |sig| q.quit_because(sig))?;
+    }
+    let managed = args.control.is_some() || args.console_socket.is_some();
+    let _raw = if managed {
+        None
+    } else {
+        let raw = crate::console::RawTerminal::enter();
+        crate::console::spawn_input(target, crate::console::stdin_is_tty());
+        raw
+    };
     let running = runner::start(control, vcpus, m.pio.clone(), m.mmio.clone())
         .context("cannot start vCPU threads")?;
     if let Some(secs) = std::env::var("FERRO_KVM_STOP_AFTER")
@@ -155,16 +236,23 @@ fn run_machine(vm: &dyn Vm, m: Machine, control: Arc<VmControl>) -> Result<i32> 
     }
     let why = running.join();
     drop(_raw);
+    // Devices (disks) are flushed and closed with the machine.
+    drop(m);
+    let crashed = |msg: String| {
+        eprint!("\r\nferro: {msg}\r\n");
+        Ok(Outcome::new(3, "crashed", msg))
+    };
     match why {
-        VmExit::Poweroff | VmExit::Reset => Ok(0),
+        VmExit::Poweroff => Ok(Outcome::new(0, "poweroff", "the guest powered off")),
+        VmExit::Reset => Ok(Outcome::new(0, "reboot", "the guest rebooted")),
         VmExit::Stopped => {
             eprint!("\r\nferro: terminated\r\n");
-            Ok(0)
+            Ok(Outcome::new(0, "quit", kvm_vm.quit_message()))
         }
-        VmExit::TripleFault { vcpu } => bail!(
+        VmExit::TripleFault { vcpu } => crashed(format!(
             "guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN): the guest crashed before it could handle an exception"
-        ),
-        VmExit::Error { vcpu, message } => bail!("KVM stopped vCPU {vcpu}: {message}"),
+        )),
+        VmExit::Error { vcpu, message } => crashed(format!("KVM stopped vCPU {vcpu}: {message}")),
     }
 }
 

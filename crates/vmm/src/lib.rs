@@ -1,18 +1,33 @@
 //! The VMM: turns `ferro run` flags into a machine, wires the console to the
-//! terminal (Ctrl-A X quits), runs it and maps the guest's end to an exit code.
+//! terminal (Ctrl-A X quits) or to `--console-socket`, serves `--control`
+//! (docs/CONTROL.md), runs the machine and maps the guest's end to an exit
+//! code and reason (also written to `--status-file`).
 //!
-//! Exit codes: guest poweroff 0; host stop (Ctrl-A X) 0; a guest reboot
-//! restarts the machine (with `--no-reboot`, ferro exits 0 instead, as
-//! QEMU's `-no-reboot`); HTIF/syscon failure code N exits N (1 if N does
-//! not fit); a guest kernel panic exits 3 ("ferro: guest panicked");
-//! host-side errors exit 1 with a message.
+//! Exit codes (docs/CONTROL.md): guest poweroff 0 (`poweroff`); host stop —
+//! `quit` command, Ctrl-A X, SIGTERM/SIGINT — 0 (`quit`, disks flushed
+//! first); a guest reboot restarts the machine (with `--no-reboot`, ferro
+//! exits 0, `reboot`, as QEMU's `-no-reboot`); a guest crash (kernel panic
+//! via pvpanic, KVM triple fault or internal error) 3 (`crashed`); HTIF/syscon failure code N exits
+//! N (1 if N does not fit, `guest-failure`); host-side errors exit 1
+//! (`error`) with a message.
+//!
+//! Dependencies: `signal-hook` turns SIGTERM/SIGINT into an ordinary quit
+//! on a normal thread (self-pipe), so the exit path that flushes the disks
+//! runs outside signal context; vmm-sys-util's signal helpers only install
+//! raw handlers, which could do no more than set a flag nobody waits on.
+//! `serde`/`serde_json` for the control protocol and the status file.
 
 pub mod console;
+pub mod control;
+pub mod emu;
 #[cfg(target_arch = "x86_64")]
 pub mod kvm;
+pub mod serial_out;
 pub mod snapshot;
+pub mod uuid;
 pub mod virtio;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +79,28 @@ pub struct RunArgs {
     /// Print instructions retired and MIPS to stderr when the VM ends.
     #[arg(long)]
     pub stats: bool,
+    /// VM name (as QEMU's -name), reported by the control socket's `status`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Machine UUID (as QEMU's -uuid), shown to the guest (riscv64: the
+    /// device tree's root `serial-number`). Default: a random v4 UUID.
+    #[arg(long, value_parser = parse_uuid_arg)]
+    pub uuid: Option<String>,
+    /// Serve the VM control protocol (JSON lines, docs/CONTROL.md) on a Unix
+    /// socket (mode 0600). Also adds the guest agent's channel on riscv64.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Serve the serial console on a Unix socket (mode 0600), one client at a
+    /// time, instead of the terminal.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Append all guest serial output to FILE as well.
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Just before exiting, write {"exit_code","reason","message"} to FILE
+    /// (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
     #[command(flatten)]
     pub virtio: Box<virtio::VirtioArgs>,
 }
@@ -77,6 +114,74 @@ impl Default for RunArgs {
         }
         <Wrap as clap::Parser>::parse_from(["run"]).a
     }
+}
+
+fn parse_uuid_arg(s: &str) -> Result<String, String> {
+    uuid::parse(s).map_err(|e| e.to_string())
+}
+
+/// How a run ended: the process exit code and the status file's contents.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    pub exit_code: i32,
+    /// `poweroff`, `reboot`, `quit`, `crashed`, `guest-failure` or `error`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Outcome {
+    pub fn new(exit_code: i32, reason: &'static str, message: impl Into<String>) -> Self {
+        Outcome {
+            exit_code,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Writes the status file atomically (temp file in the same directory,
+/// fsync, rename).
+pub fn write_status_file(path: &Path, o: &Outcome) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("--status-file {}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut text = serde_json::to_string(o)?;
+    text.push('\n');
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("--status-file {}: cannot write", path.display()))
+}
+
+/// SIGTERM/SIGINT call `quit` (on a plain thread) with the signal's name.
+pub fn quit_on_signals(quit: impl Fn(&'static str) + Send + 'static) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install the SIGTERM/SIGINT handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                quit(if s == SIGTERM { "SIGTERM" } else { "SIGINT" });
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }
 
 /// Parses a QEMU-style memory size: plain numbers are MiB; K/M/G/T suffixes
@@ -164,8 +269,24 @@ fn attach_virtio(builder: &mut MachineBuilder, args: &RunArgs) -> Result<()> {
     virtio::attach(builder, &args.virtio).map(|_| ())
 }
 
-/// Runs a VM; returns the process exit code.
+/// Runs a VM; returns the process exit code. With `--status-file`, the
+/// outcome (errors included) is written there once everything, disks
+/// included, has been closed.
 pub fn run(args: RunArgs) -> Result<i32> {
+    let status_file = args.status_file.clone();
+    let r = run_vm(args);
+    if let Some(p) = &status_file {
+        let o = match &r {
+            Ok(o) => o.clone(),
+            Err(e) => Outcome::new(1, "error", format!("{e:#}")),
+        };
+        write_status_file(p, &o)?;
+    }
+    r.map(|o| o.exit_code)
+}
+
+/// Runs a VM to its end.
+pub fn run_vm(args: RunArgs) -> Result<Outcome> {
     match (args.arch.as_str(), args.accel.as_deref()) {
         #[cfg(target_arch = "x86_64")]
         ("x86_64", None | Some("kvm")) => return kvm::run(&args),
@@ -225,68 +346,128 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     };
     let cmdline = cmdline.unwrap_or_default();
+    let uuid = args.uuid.clone().unwrap_or_else(uuid::random);
+    let vm = emu::EmuVm::new(emu::VmInfo {
+        name: args.name.clone().unwrap_or_default(),
+        uuid: uuid.clone(),
+        arch: "riscv64",
+        cpus: args.cpus,
+        memory_bytes: ram_size,
+    });
+    // Managed (ferrod): never read stdin nor touch the terminal.
+    let managed = args.control.is_some() || args.console_socket.is_some();
+    let sink =
+        serial_out::SerialSink::new(args.console_socket.is_none(), args.serial_log.as_deref())?;
 
-    let build = |boot: Boot| -> Result<arch::riscv64::Machine> {
-        let htif_console: Box<dyn FnMut(u8) + Send> = Box::new(|b| {
-            use std::io::Write;
-            let mut o = std::io::stdout();
-            let _ = o.write_all(&[b]);
-            let _ = o.flush();
+    type Built = (
+        arch::riscv64::Machine,
+        Option<std::os::unix::net::UnixStream>,
+    );
+    let build = |boot: Boot| -> Result<Built> {
+        let mut htif_sink = sink.clone();
+        let htif_console: Box<dyn FnMut(u8) + Send> = Box::new(move |b| {
+            let _ = htif_sink.write_all(&[b]);
         });
         let mut builder = MachineBuilder::new(MachineConfig {
             harts: args.cpus,
             ram_size,
             boot,
             cmdline: cmdline.clone(),
-            console_out: Box::new(std::io::stdout()),
+            console_out: sink.writer(),
             htif_console: Some(htif_console),
         })?;
         attach_virtio(&mut builder, &args)?;
-        Ok(builder.build()?)
+        // The agent channel comes after every user device (docs/CONTROL.md).
+        let agent = if args.control.is_some() {
+            Some(emu::EmuVm::add_agent_channel(&mut builder)?)
+        } else {
+            None
+        };
+        builder.fdt_extra_mut().serial_number = Some(uuid.clone());
+        Ok((builder.build()?, agent))
     };
 
-    let mut machine = build(files.boot())?;
+    let (mut machine, agent) = build(files.boot())?;
     if let Some(p) = &args.dumpdtb {
         std::fs::write(p, machine.dtb())
             .with_context(|| format!("cannot write {}", p.display()))?;
-        return Ok(0);
+        return Ok(Outcome::new(0, "quit", "device tree written"));
     }
+    vm.attach(machine.control(), agent);
 
     let target = console::Target::default();
-    target.set(machine.uart(), quit_on(machine.control()));
-    let tty = console::stdin_is_tty();
-    let _raw = console::RawTerminal::enter();
-    console::spawn_input(target.clone(), tty);
+    let quit: console::Quit = {
+        let vm = vm.clone();
+        Arc::new(move || vm.quit_because("Ctrl-A X"))
+    };
+    target.set(machine.uart(), quit.clone());
+    let _control = args
+        .control
+        .as_ref()
+        .map(|p| control::ControlServer::start(p, vm.clone()))
+        .transpose()?;
+    let _console = args
+        .console_socket
+        .as_ref()
+        .map(|p| serial_out::ConsoleSocket::start(p, sink.clone(), target.clone()))
+        .transpose()?;
+    {
+        let vm = vm.clone();
+        quit_on_signals(move |sig| vm.quit_because(sig))?;
+    }
+    let _raw = if managed {
+        None
+    } else {
+        let tty = console::stdin_is_tty();
+        let raw = console::RawTerminal::enter();
+        console::spawn_input(target.clone(), tty);
+        raw
+    };
 
     let start = Instant::now();
     let mut instret = 0;
-    let code = loop {
+    let outcome = loop {
         let reason = machine.run();
         instret += machine.instret();
         match reason {
-            ExitReason::Poweroff => break Ok(0),
+            ExitReason::Poweroff => break Ok(Outcome::new(0, "poweroff", "the guest powered off")),
             ExitReason::Stopped => {
                 eprint!("\r\nferro: terminated\r\n");
-                break Ok(0);
+                break Ok(Outcome::new(0, "quit", vm.quit_message()));
             }
-            ExitReason::Reset if args.no_reboot => break Ok(0),
+            ExitReason::Reset if args.no_reboot => {
+                break Ok(Outcome::new(
+                    0,
+                    "reboot",
+                    "the guest rebooted (--no-reboot)",
+                ))
+            }
+            ExitReason::Reset if vm.quit_requested() => {
+                break Ok(Outcome::new(0, "quit", vm.quit_message()))
+            }
             ExitReason::Reset => {
                 // Release disks and TAPs before the new machine reopens them.
                 drop(machine);
-                machine = build(files.boot())?;
-                target.set(machine.uart(), quit_on(machine.control()));
+                let (m, agent) = build(files.boot())?;
+                machine = m;
+                target.set(machine.uart(), quit.clone());
+                vm.attach(machine.control(), agent);
             }
             ExitReason::ExitCode(c) => {
-                eprint!("\r\nferro: guest exited with code {c}\r\n");
-                break Ok(if (1..=255).contains(&c) { c as i32 } else { 1 });
+                let msg = format!("guest exited with code {c}");
+                eprint!("\r\nferro: {msg}\r\n");
+                let code = if (1..=255).contains(&c) { c as i32 } else { 1 };
+                break Ok(Outcome::new(code, "guest-failure", msg));
             }
             ExitReason::GuestPanic => {
                 eprint!("\r\nferro: guest panicked\r\n");
-                break Ok(3);
+                break Ok(Outcome::new(3, "crashed", "guest panicked"));
             }
             ExitReason::Error(e) => break Err(anyhow::anyhow!("emulation error: {e}")),
         }
     };
+    // Disks are flushed and closed here, before the status file is written.
+    drop(machine);
     if args.stats {
         let secs = start.elapsed().as_secs_f64();
         eprint!(
@@ -294,15 +475,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
             instret as f64 / secs / 1e6
         );
     }
-    code
+    outcome
 }
 
 /// `ferro run` with no arguments: fetch (once) and boot the default guest.
-/// Ctrl-A X on the emulator: every hart stops at its next block end.
-fn quit_on(control: riscv_emu::Control) -> console::Quit {
-    Arc::new(move || control.request_exit(riscv_emu::ExitReason::Stopped))
-}
-
 pub fn run_default() -> Result<i32> {
     run(RunArgs::default())
 }

@@ -287,17 +287,26 @@ impl VirtioHost for MachineBuilder {
 /// Attached transports, in slot order (snapshots reach their state).
 pub type Transports = Vec<Arc<Mutex<MmioTransport>>>;
 
-fn attach_one(
+/// Puts `dev` behind a virtio-mmio transport in the next free slot;
+/// returns the slot index and the transport.
+pub fn attach_device(
     builder: &mut impl VirtioHost,
     dev: Box<dyn VirtioDevice>,
-    out: &mut Transports,
-) -> Result<()> {
+) -> Result<(usize, Arc<Mutex<MmioTransport>>)> {
     let slot = builder.add_virtio()?;
     let t = MmioTransport::new(dev, builder.memory().clone(), slot.irq.clone())
         .context("virtio-mmio transport")?;
     let t = Arc::new(Mutex::new(t));
     builder.attach_virtio(&slot, t.clone())?;
-    out.push(t);
+    Ok((slot.index, t))
+}
+
+fn attach_one(
+    builder: &mut impl VirtioHost,
+    dev: Box<dyn VirtioDevice>,
+    out: &mut Transports,
+) -> Result<()> {
+    out.push(attach_device(builder, dev)?.1);
     Ok(())
 }
 

@@ -33,13 +33,32 @@ fn reg(base: u64, len: u64) -> [u64; 2] {
     [base, len]
 }
 
+/// Optional additions to the tree (machine identity, management agent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdtExtra {
+    /// Root `serial-number`: the machine UUID (`--uuid`), as QEMU's
+    /// `-uuid` shows it on SMBIOS machines.
+    pub serial_number: Option<String>,
+    /// The virtio-mmio slot of the management agent's virtio-console:
+    /// `/chosen/ferrovisor,agent-console` names its node, which tells the
+    /// guest's init to run its agent on the last hvc.
+    pub agent_console: Option<usize>,
+}
+
 pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
+    build_with(p, &FdtExtra::default())
+}
+
+pub fn build_with(p: &FdtParams, x: &FdtExtra) -> FdtWriterResult<Vec<u8>> {
     let mut f = FdtWriter::new()?;
     let root = f.begin_node("")?;
     f.property_u32("#address-cells", 2)?;
     f.property_u32("#size-cells", 2)?;
     f.property_string("compatible", "riscv-virtio")?;
     f.property_string("model", "ferrovisor,riscv-virt")?;
+    if let Some(sn) = &x.serial_number {
+        f.property_string("serial-number", sn)?;
+    }
 
     let chosen = f.begin_node("chosen")?;
     f.property_string("bootargs", p.cmdline)?;
@@ -48,6 +67,12 @@ pub fn build(p: &FdtParams) -> FdtWriterResult<Vec<u8>> {
     if let Some((start, end)) = p.initrd {
         f.property_u64("linux,initrd-start", start)?;
         f.property_u64("linux,initrd-end", end)?;
+    }
+    if let Some(i) = x.agent_console {
+        f.property_string(
+            "ferrovisor,agent-console",
+            &format!("/soc/virtio_mmio@{:x}", virtio_base(i)),
+        )?;
     }
     f.end_node(chosen)?;
 
@@ -322,5 +347,31 @@ mod tests {
         .unwrap();
         let s = dts(&dtb);
         assert!(!s.contains("initrd") && !s.contains("virtio_mmio") && !s.contains("cpu@1"));
+        assert!(!s.contains("serial-number") && !s.contains("agent"));
+        // Identity and the agent console, when asked for.
+        let dtb = build_with(
+            &FdtParams {
+                harts: 1,
+                ram_size: 64 << 20,
+                cmdline: "",
+                initrd: None,
+                rng_seed: [0; 64],
+                virtio_slots: &[0, 1],
+            },
+            &FdtExtra {
+                serial_number: Some("6d1c7e0a-3b1f-4c2e-9a55-0123456789ab".into()),
+                agent_console: Some(1),
+            },
+        )
+        .unwrap();
+        let s = dts(&dtb);
+        assert!(
+            s.contains("serial-number = \"6d1c7e0a-3b1f-4c2e-9a55-0123456789ab\";"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ferrovisor,agent-console = \"/soc/virtio_mmio@10002000\";"),
+            "{s}"
+        );
     }
 }

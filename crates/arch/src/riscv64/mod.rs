@@ -162,6 +162,7 @@ pub struct MachineBuilder {
     gpio: Arc<Mutex<SifiveGpio>>,
     virtio: [bool; VIRTIO_SLOTS],
     reserved: [bool; VIRTIO_SLOTS],
+    fdt_extra: fdt::FdtExtra,
 }
 
 pub struct Machine {
@@ -486,6 +487,7 @@ impl MachineBuilder {
             gpio,
             virtio: [false; VIRTIO_SLOTS],
             reserved: [false; VIRTIO_SLOTS],
+            fdt_extra: fdt::FdtExtra::default(),
         })
     }
 
@@ -525,6 +527,11 @@ impl MachineBuilder {
         Ok(())
     }
 
+    /// Optional device-tree additions (machine UUID, agent console).
+    pub fn fdt_extra_mut(&mut self) -> &mut fdt::FdtExtra {
+        &mut self.fdt_extra
+    }
+
     /// Writes the device tree and boot info into RAM and sets every hart's
     /// boot state.
     pub fn build(self) -> Result<Machine, Error> {
@@ -541,17 +548,21 @@ impl MachineBuilder {
             gpio,
             plic,
             virtio,
+            fdt_extra,
             ..
         } = self;
         let slots: Vec<usize> = (0..VIRTIO_SLOTS).filter(|&i| virtio[i]).collect();
-        let dtb = fdt::build(&fdt::FdtParams {
-            harts,
-            ram_size,
-            cmdline: &cmdline,
-            initrd: layout.initrd,
-            rng_seed: rng_seed(),
-            virtio_slots: &slots,
-        })
+        let dtb = fdt::build_with(
+            &fdt::FdtParams {
+                harts,
+                ram_size,
+                cmdline: &cmdline,
+                initrd: layout.initrd,
+                rng_seed: rng_seed(),
+                virtio_slots: &slots,
+            },
+            &fdt_extra,
+        )
         .map_err(|e| Error::Fdt(e.to_string()))?;
         if dtb.len() as u64 > MIB {
             return Err(Error::Fdt(format!(

@@ -1,0 +1,164 @@
+//! The riscv64 emulator backend's [`VmControl`]: status, `powerdown`
+//! through the agent channel, `quit`. It outlives each machine (a guest
+//! reboot builds a new one, see [`EmuVm::attach`]), so the control socket,
+//! signal handlers and Ctrl-A X keep working across reboots.
+//!
+//! The agent channel (docs/CONTROL.md, "Cooperative shutdown") is one
+//! virtio-console attached after every user device, its input a socketpair
+//! whose other end stays here; the device tree names it
+//! (`/chosen/ferrovisor,agent-console`) so the default guest's init knows
+//! to run its agent on the last hvc.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use arch::riscv64::MachineBuilder;
+use riscv_emu::{Control, ExitReason};
+use virtio_devices::console::{Console, ConsoleIo};
+
+use crate::control::{RunState, VmControl, VmStatus};
+
+/// What `status` reports that does not change while the VMM runs.
+#[derive(Debug, Clone)]
+pub struct VmInfo {
+    pub name: String,
+    pub uuid: String,
+    pub arch: &'static str,
+    pub cpus: usize,
+    pub memory_bytes: u64,
+}
+
+impl VmInfo {
+    pub fn status(&self, state: RunState) -> VmStatus {
+        VmStatus {
+            state,
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            pid: std::process::id(),
+            arch: self.arch.to_string(),
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Current {
+    control: Option<Control>,
+    /// Host end of the agent channel of the current machine.
+    agent: Option<UnixStream>,
+}
+
+pub struct EmuVm {
+    info: VmInfo,
+    cur: Mutex<Current>,
+    quit: AtomicBool,
+    quit_why: Mutex<Option<String>>,
+    powerdown: AtomicBool,
+}
+
+impl EmuVm {
+    pub fn new(info: VmInfo) -> Arc<Self> {
+        Arc::new(EmuVm {
+            info,
+            cur: Mutex::new(Current::default()),
+            quit: AtomicBool::new(false),
+            quit_why: Mutex::new(None),
+            powerdown: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.cur.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the agent's virtio-console (call after every user device).
+    /// Returns the host end, for [`EmuVm::attach`].
+    pub fn add_agent_channel(builder: &mut MachineBuilder) -> Result<UnixStream> {
+        let (host, guest) = UnixStream::pair().context("agent channel: socketpair")?;
+        // Guest output on the agent port is not used.
+        let console = Console::new(ConsoleIo {
+            input: Some(OwnedFd::from(guest)),
+            output: Box::new(std::io::sink()),
+        });
+        let (slot, _) = crate::virtio::attach_device(builder, Box::new(console))
+            .context("agent channel (virtio-console)")?;
+        builder.fdt_extra_mut().agent_console = Some(slot);
+        Ok(host)
+    }
+
+    /// Points the control at a newly built machine. A quit that raced with
+    /// the rebuild stops the new machine at once.
+    pub fn attach(&self, control: Control, agent: Option<UnixStream>) {
+        let mut c = self.lock();
+        if self.quit.load(Ordering::SeqCst) {
+            control.request_exit(ExitReason::Stopped);
+        }
+        c.control = Some(control);
+        c.agent = agent;
+        self.powerdown.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether `quit` (command, signal) was asked for.
+    pub fn quit_requested(&self) -> bool {
+        self.quit.load(Ordering::SeqCst)
+    }
+
+    /// Stops the machine for the host; `why` (the first one) ends up in
+    /// the status file's message.
+    pub fn quit_because(&self, why: &str) {
+        let c = self.lock();
+        self.quit_why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| why.to_string());
+        self.quit.store(true, Ordering::SeqCst);
+        if let Some(ctl) = &c.control {
+            ctl.request_exit(ExitReason::Stopped);
+        }
+    }
+
+    /// The status-file message for a host stop.
+    pub fn quit_message(&self) -> String {
+        let why = self
+            .quit_why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        format!("stopped by the host ({})", why.as_deref().unwrap_or("quit"))
+    }
+}
+
+impl VmControl for EmuVm {
+    fn status(&self) -> VmStatus {
+        let state = if self.powerdown.load(Ordering::SeqCst) {
+            RunState::Shutdown
+        } else {
+            RunState::Running
+        };
+        self.info.status(state)
+    }
+
+    fn powerdown(&self) -> Result<bool> {
+        let mut c = self.lock();
+        let Some(agent) = &mut c.agent else {
+            return Ok(false);
+        };
+        // Non-blocking: a guest that never reads must not hang the client.
+        agent.set_nonblocking(true)?;
+        agent
+            .write_all(b"poweroff\n")
+            .context("cannot write to the agent channel")?;
+        self.powerdown.store(true, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    fn quit(&self) -> Result<()> {
+        self.quit_because("quit command");
+        Ok(())
+    }
+}
