@@ -8,10 +8,16 @@ use std::path::{Path, PathBuf};
 use crate::qcow2::{self, header, Qcow2};
 use crate::raw::Raw;
 use crate::{
-    BlockBackend, CheckReport, CommitOptions, Compat, ConvertOptions, CreateOptions, Error, Extent,
-    Format, ImageInfo, OpenOptions, Preallocation, Progress, Qcow2Info, RebaseOptions, Repair,
-    ResizeOptions, Result, SnapshotInfo,
+    BlockBackend, CheckReport, CommitOptions, Compat, CompressionType, ConvertOptions,
+    CreateOptions, Error, Extent, Format, ImageInfo, OpenOptions, Preallocation, Progress,
+    Qcow2Info, RebaseOptions, Repair, ResizeOptions, Result, SnapshotInfo,
 };
+
+/// Writes staged by [`Image::stage_write`], to commit once written.
+pub(crate) enum Staged {
+    Raw,
+    Qcow2(Vec<qcow2::StagedRun>),
+}
 
 /// One piece of a request mapped to the host file: `len` bytes at `host`
 /// from `buf` bytes into the caller's buffer.
@@ -332,6 +338,80 @@ impl Image {
         check_range(size, offset, buf.len() as u64)?;
         let q = self.qcow2_mut("compression")?;
         q.write_compressed(buf, offset)
+    }
+
+    /// What [`qcow2::compress_cluster`] needs to compress clusters for
+    /// this image on other threads: (compression type, cluster size).
+    pub fn compression(&self) -> Option<(CompressionType, u64)> {
+        match &self.kind {
+            Kind::Qcow2(q) => Some((q.compression, q.cs)),
+            Kind::Raw(_) => None,
+        }
+    }
+
+    /// Like [`Image::write_compressed`], with the cluster already compressed
+    /// by [`qcow2::compress_cluster`] (`None`: store it uncompressed).
+    pub fn write_precompressed(
+        &mut self,
+        buf: &[u8],
+        packed: Option<&[u8]>,
+        offset: u64,
+    ) -> Result<()> {
+        let size = self.size();
+        check_range(size, offset, buf.len() as u64)?;
+        let q = self.qcow2_mut("compression")?;
+        q.write_packed(buf, packed, offset)
+    }
+
+    /// Bulk-copy staging for `convert`: where the data of a write to
+    /// `[off, off+len)` goes in the image file, as (host offset, buffer
+    /// offset, length) pieces, so that another thread can write it; then
+    /// [`Image::commit_staged`]. `None`: write it with `write_at` instead.
+    pub(crate) fn stage_write(
+        &mut self,
+        off: u64,
+        len: usize,
+    ) -> Result<Option<(Vec<Seg>, Staged)>> {
+        check_range(self.size(), off, len as u64)?;
+        match &mut self.kind {
+            Kind::Raw(r) => {
+                if r.read_only() {
+                    return Err(Error::ReadOnly);
+                }
+                Ok(Some((
+                    vec![Seg {
+                        host: off,
+                        buf: 0,
+                        len,
+                    }],
+                    Staged::Raw,
+                )))
+            }
+            Kind::Qcow2(q) => Ok(q.stage_fresh(off, len)?.map(|runs| {
+                let segs = runs
+                    .iter()
+                    .map(|r| Seg {
+                        host: r.host_start(),
+                        buf: r.buf,
+                        len: r.bytes as usize,
+                    })
+                    .collect();
+                (segs, Staged::Qcow2(runs))
+            })),
+        }
+    }
+
+    /// Maps staged data once it is written (data before L2).
+    pub(crate) fn commit_staged(&mut self, s: &Staged) -> Result<()> {
+        match (&mut self.kind, s) {
+            (Kind::Qcow2(q), Staged::Qcow2(runs)) => {
+                for r in runs {
+                    q.commit_staged(r)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn data_path(&self) -> &Path {
@@ -760,17 +840,26 @@ fn is_zero(b: &[u8]) -> bool {
 }
 
 /// Copies `src` (whole chain, guest view) into `dst`, which must be at least
-/// as large: skips ranges `block_status` reports as zero when
-/// `opts.target_is_zero`, writes compressed clusters when `opts.compress`.
+/// as large: skips ranges `block_status` reports as zero, and zero blocks
+/// inside data (qemu-img's default `-S 4k`), when `opts.target_is_zero`;
+/// writes compressed clusters when `opts.compress`.
+///
+/// A pipeline like qemu-img's (`-m 8`): one thread maps and reads the
+/// source and finds zero blocks; this thread allocates target clusters in
+/// guest order; up to [`CONVERT_REQUESTS`] data writes run at once on I/O
+/// threads, and each is mapped in the target's L2 table only once written
+/// (data before L2). With `-c`, clusters are compressed on that many
+/// worker threads and stored in guest order (packed like qemu's).
 /// Like qemu-img convert (whose target cache mode defaults to `unsafe`), it
-/// switches `dst` to [`Image::set_unsafe_cache`] and ends with a flush that
-/// writes all metadata but does not fsync.
+/// switches `dst` to [`Image::set_unsafe_cache`]: the final flush writes all
+/// metadata in order but does not fsync.
 pub fn convert(
     src: &mut dyn BlockBackend,
     dst: &mut Image,
     opts: &ConvertOptions,
     mut progress: Progress,
 ) -> Result<()> {
+    dst.set_unsafe_cache(true);
     let size = src.size();
     if dst.size() < size {
         return Err(Error::InvalidArgument(format!(
@@ -778,45 +867,134 @@ pub fn convert(
             dst.size()
         )));
     }
-    let cs = if opts.compress {
-        dst.cluster_size().ok_or_else(|| {
+    let (ctype, cs) = if opts.compress {
+        dst.compression().ok_or_else(|| {
             Error::Unsupported("Compression is not supported for the target format".into())
         })?
     } else {
-        0
+        (CompressionType::Zlib, dst.cluster_size().unwrap_or(0))
     };
     let chunk = if opts.compress {
         cs.max(COPY_CHUNK)
     } else {
         COPY_CHUNK
     };
-    // A reader thread maps and reads the source while this thread writes
-    // (qemu-img overlaps them too); buffers cycle through `free`.
-    enum Item {
-        Zero(u64, u64),
-        /// (offset, buffer, valid length, compress as whole clusters)
-        Data(u64, Vec<u8>, usize),
-        Err(Error),
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(4);
+    // Zero blocks inside data are skipped at this granularity: 4 KiB, or
+    // whole clusters of a qcow2 target (its allocation unit).
+    let sparse = cs.max(SPARSE_BLOCK);
+    let tz = opts.target_is_zero;
+    let compress = opts.compress;
+    let (workers, lanes) = if compress {
+        (CONVERT_REQUESTS, 0)
+    } else {
+        (0, CONVERT_REQUESTS)
+    };
+    let io_file = if lanes > 0 {
+        Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(dst.data_path())
+                .map_err(|e| qcow2::io_err(dst.data_path(), e))?,
+        )
+    } else {
+        None
+    };
+    let io_path = dst.data_path().to_path_buf();
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Item)>(2 + workers);
+    // Everything this thread reacts to: source items (in sequence order
+    // after reordering) and finished writes.
+    let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Msg>();
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(lanes.max(1));
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..6 {
+    for _ in 0..4 + 2 * (workers + lanes) {
         let _ = free_tx.send(vec![0u8; chunk as usize]);
     }
-    let compress = opts.compress;
     std::thread::scope(|scope| -> Result<()> {
-        // Owned here so that an early error return hangs up on the reader.
-        let rx = rx;
+        // Owned here so that an early error return hangs up on the others.
+        let msg_rx = msg_rx;
         let free_tx = free_tx;
+        let job_tx = job_tx;
+        // Shared by the compressors / I/O threads; dropped when the last
+        // one stops, which unblocks whoever feeds them.
+        let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
+        for _ in 0..workers {
+            let msg_tx = msg_tx.clone();
+            let work_rx = work_rx.clone();
+            scope.spawn(move || loop {
+                let next = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((seq, mut item)) = next else { return };
+                if let Item::Data { buf, n, work, .. } = &mut item {
+                    let mut packed = Vec::new();
+                    for c in buf[..*n].chunks(cs as usize) {
+                        packed.push(if tz && is_zero(c) {
+                            Packed::Skip
+                        } else {
+                            match qcow2::compress_cluster(ctype, cs, c) {
+                                Ok(Some(z)) => Packed::Zipped(z),
+                                Ok(None) => Packed::Plain,
+                                Err(e) => {
+                                    let _ = msg_tx.send(Msg::Item(seq, Item::Err(e)));
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                    *work = Work::Packed(packed);
+                }
+                if msg_tx.send(Msg::Item(seq, item)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(work_rx);
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        for _ in 0..lanes {
+            let msg_tx = msg_tx.clone();
+            let job_rx = job_rx.clone();
+            let file = io_file.as_ref();
+            let path = &io_path;
+            scope.spawn(move || loop {
+                let next = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(job) = next else { return };
+                let mut res = Ok(());
+                if let Some(f) = file {
+                    for s in &job.segs {
+                        use std::os::unix::fs::FileExt;
+                        res = f
+                            .write_all_at(&job.buf[s.buf..s.buf + s.len], s.host)
+                            .map_err(|e| qcow2::io_err(path, e));
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if msg_tx.send(Msg::Written(job.id, job.buf, res)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(job_rx);
+        // Data goes to the compressors with -c, else straight here.
+        let out_tx = if compress { None } else { Some(msg_tx.clone()) };
+        drop(msg_tx);
         scope.spawn(move || {
-            let mut read_all = || -> Result<()> {
+            let mut seq = 0u64;
+            let mut send = |item: Item| -> bool {
+                let r = match &out_tx {
+                    Some(t) => t.send(Msg::Item(seq, item)).is_ok(),
+                    None => work_tx.send((seq, item)).is_ok(),
+                };
+                seq += 1;
+                r
+            };
+            let mut read_all = |send: &mut dyn FnMut(Item) -> bool| -> Result<()> {
                 let mut pos = 0u64;
                 const SPAN: u64 = 1 << 30;
                 while pos < size {
                     let span = SPAN.min(size - pos);
                     for x in src.block_status(pos, span)? {
                         if x.zero {
-                            if tx.send(Item::Zero(x.offset, x.length)).is_err() {
+                            if !send(Item::Zero(x.offset, x.length)) {
                                 return Ok(());
                             }
                             continue;
@@ -845,7 +1023,20 @@ pub fn convert(
                                 (p, (end - p).min(chunk))
                             };
                             src.read_at(&mut buf[..n as usize], start)?;
-                            if tx.send(Item::Data(start, buf, n as usize)).is_err() {
+                            let work = if compress {
+                                Work::Packed(Vec::new())
+                            } else if tz {
+                                Work::Runs(nonzero_runs(&buf[..n as usize], start, sparse))
+                            } else {
+                                Work::Runs(vec![(0, n as usize)])
+                            };
+                            let item = Item::Data {
+                                off: start,
+                                buf,
+                                n: n as usize,
+                                work,
+                            };
+                            if !send(item) {
                                 return Ok(());
                             }
                             p = start + n;
@@ -855,39 +1046,71 @@ pub fn convert(
                 }
                 Ok(())
             };
-            if let Err(e) = read_all() {
-                let _ = tx.send(Item::Err(e));
-            }
+            let end = match read_all(&mut send) {
+                Ok(()) => Item::End,
+                Err(e) => Item::Err(e),
+            };
+            send(end);
         });
-        for item in rx.iter() {
+        let mut w = Writer {
+            dst: &mut *dst,
+            rx: &msg_rx,
+            free_tx: &free_tx,
+            pending: std::collections::BTreeMap::new(),
+            inflight: Vec::new(),
+            next_id: 0,
+            cluster_bits: (cs.max(1)).trailing_zeros(),
+        };
+        // Items in sequence order (the compressors finish out of order).
+        let mut next = 0u64;
+        loop {
+            let item = match w.pending.remove(&next) {
+                Some(item) => item,
+                None => {
+                    w.wait_one()?;
+                    continue;
+                }
+            };
+            next += 1;
             match item {
+                Item::End => break,
                 Item::Err(e) => return Err(e),
                 Item::Zero(off, len) => {
-                    if !opts.target_is_zero {
-                        dst.write_zeroes(off, len)?;
+                    if !tz {
+                        w.drain_overlapping(off, len)?;
+                        w.dst.write_zeroes(off, len)?;
                     }
                     if let Some(pr) = progress.as_mut() {
                         pr(off + len, size);
                     }
                 }
-                Item::Data(off, buf, n) => {
-                    let b = &buf[..n];
-                    if compress {
-                        for (k, c) in b.chunks(cs as usize).enumerate() {
-                            if opts.target_is_zero && is_zero(c) {
-                                continue;
+                Item::Data { off, buf, n, work } => {
+                    match work {
+                        Work::Packed(packed) => {
+                            let b = &buf[..n];
+                            for ((k, c), z) in b.chunks(cs as usize).enumerate().zip(packed) {
+                                let at = off + k as u64 * cs;
+                                match z {
+                                    Packed::Skip => {}
+                                    Packed::Plain => w.dst.write_precompressed(c, None, at)?,
+                                    Packed::Zipped(z) => {
+                                        w.dst.write_precompressed(c, Some(&z), at)?
+                                    }
+                                }
                             }
-                            dst.write_compressed(c, off + k as u64 * cs)?;
+                            let _ = free_tx.send(buf);
                         }
-                    } else if !(opts.target_is_zero && is_zero(b)) {
-                        dst.write_at(b, off)?;
+                        Work::Runs(runs) => w.write_runs(&job_tx, off, buf, &runs)?,
                     }
                     if let Some(pr) = progress.as_mut() {
                         pr(off + n as u64, size);
                     }
-                    let _ = free_tx.send(buf);
                 }
             }
+        }
+        // Everything written and mapped before the final flush.
+        while !w.inflight.is_empty() {
+            w.wait_one()?;
         }
         Ok(())
     })?;
@@ -895,4 +1118,183 @@ pub fn convert(
         pr(size, size);
     }
     dst.flush()
+}
+
+/// Parallel requests of `convert` (qemu-img convert's default `-m 8`).
+pub const CONVERT_REQUESTS: usize = 8;
+
+/// What `convert`'s writing thread receives.
+enum Msg {
+    Item(u64, Item),
+    /// A staged write finished: (job id, its buffer, result).
+    Written(u64, Vec<u8>, Result<()>),
+}
+
+/// A data write for an I/O thread.
+struct Job {
+    id: u64,
+    buf: Vec<u8>,
+    segs: Vec<Seg>,
+}
+
+/// `convert`'s target side: stages writes, hands them to I/O threads, and
+/// maps them once written.
+struct Writer<'a> {
+    dst: &'a mut Image,
+    rx: &'a std::sync::mpsc::Receiver<Msg>,
+    free_tx: &'a std::sync::mpsc::Sender<Vec<u8>>,
+    pending: std::collections::BTreeMap<u64, Item>,
+    /// Writes in flight: (job id, guest range, what to map once written).
+    inflight: Vec<(u64, std::ops::Range<u64>, Staged)>,
+    next_id: u64,
+    cluster_bits: u32,
+}
+
+impl Writer<'_> {
+    /// Handles one message: a source item is queued, a finished write is
+    /// mapped and its buffer recycled.
+    fn wait_one(&mut self) -> Result<()> {
+        let msg = self.rx.recv().map_err(|_| {
+            Error::InvalidArgument("convert: a worker thread stopped unexpectedly".into())
+        })?;
+        match msg {
+            Msg::Item(seq, item) => {
+                self.pending.insert(seq, item);
+            }
+            Msg::Written(id, buf, res) => {
+                let _ = self.free_tx.send(buf);
+                res?;
+                // Every staged piece of that job is on disk now: map them.
+                let mut i = 0;
+                while i < self.inflight.len() {
+                    if self.inflight[i].0 == id {
+                        let (_, _, staged) = self.inflight.swap_remove(i);
+                        self.dst.commit_staged(&staged)?;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until no write in flight shares a target cluster with
+    /// `[off, off+len)` (a cluster is staged once, then written in place).
+    fn drain_overlapping(&mut self, off: u64, len: u64) -> Result<()> {
+        let b = self.cluster_bits;
+        let (first, end) = (off >> b, (off + len).div_ceil(1 << b));
+        while self
+            .inflight
+            .iter()
+            .any(|(_, r, _)| r.start < end && first < r.end)
+        {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the non-zero `runs` of `buf` (guest offset `off`): staged
+    /// pieces on the I/O threads, the rest here.
+    fn write_runs(
+        &mut self,
+        job_tx: &std::sync::mpsc::SyncSender<Job>,
+        off: u64,
+        buf: Vec<u8>,
+        runs: &[(usize, usize)],
+    ) -> Result<()> {
+        let b = self.cluster_bits;
+        let mut segs = Vec::new();
+        let mut staged = Vec::new();
+        for &(s, l) in runs {
+            let at = off + s as u64;
+            self.drain_overlapping(at, l as u64)?;
+            match self.dst.stage_write(at, l)? {
+                Some((ss, st)) => {
+                    segs.extend(ss.into_iter().map(|mut x| {
+                        x.buf += s;
+                        x
+                    }));
+                    staged.push(st);
+                }
+                None => self.dst.write_at(&buf[s..s + l], at)?,
+            }
+        }
+        if segs.is_empty() {
+            let _ = self.free_tx.send(buf);
+            return Ok(());
+        }
+        let first = runs.first().map_or(off, |r| off + r.0 as u64);
+        let last = runs.last().map_or(off, |r| off + (r.0 + r.1) as u64);
+        let id = self.next_id;
+        self.next_id += 1;
+        for st in staged {
+            self.inflight
+                .push((id, (first >> b)..last.div_ceil(1 << b), st));
+        }
+        let job = Job { id, buf, segs };
+        let mut job = Some(job);
+        while let Some(j) = job.take() {
+            match job_tx.try_send(j) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(j)) => {
+                    job = Some(j);
+                    self.wait_one()?;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    return Err(Error::InvalidArgument(
+                        "convert: the I/O threads stopped unexpectedly".into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// qemu-img convert's default minimum sparse block (`-S 4k`).
+const SPARSE_BLOCK: u64 = 4096;
+
+enum Item {
+    End,
+    Zero(u64, u64),
+    Data {
+        off: u64,
+        buf: Vec<u8>,
+        n: usize,
+        work: Work,
+    },
+    Err(Error),
+}
+
+/// What to write of a data chunk.
+enum Work {
+    /// Byte ranges (start, len) of the buffer that are not zero.
+    Runs(Vec<(usize, usize)>),
+    /// Per target cluster, filled in by a compressor.
+    Packed(Vec<Packed>),
+}
+
+enum Packed {
+    Skip,
+    Plain,
+    Zipped(Vec<u8>),
+}
+
+/// Ranges of `buf` (guest offset `off`) to write when zero blocks may be
+/// skipped: blocks are `gran`-aligned in guest offsets.
+fn nonzero_runs(buf: &[u8], off: u64, gran: u64) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut s = 0usize;
+    while s < buf.len() {
+        let e = (((off + s as u64) / gran + 1) * gran - off).min(buf.len() as u64) as usize;
+        if !is_zero(&buf[s..e]) {
+            match runs.last_mut() {
+                Some((rs, rl)) if *rs + *rl == s => *rl += e - s,
+                _ => runs.push((s, e - s)),
+            }
+        }
+        s = e;
+    }
+    runs
 }

@@ -610,3 +610,125 @@ fn convert_write_error_is_returned_not_hung() {
     let e = convert(&mut src, &mut dst, &ConvertOptions::default(), None).unwrap_err();
     assert!(matches!(e, block::Error::ReadOnly), "{e}");
 }
+
+/// A raw source whose data has zero 4 KiB blocks inside, holes with
+/// boundaries inside target clusters, and a short last cluster: `convert`
+/// (parallel staged writes, `-S 4k`-style zero skipping) gives the same
+/// guest data, a clean image, and leaves exactly the all-zero clusters
+/// unallocated (raw target: all-zero 4 KiB blocks are holes).
+#[test]
+fn convert_skips_zero_blocks_and_keeps_partial_clusters_right() {
+    let dir = tempdir();
+    let size = (9 << 20) + 3 * 4096;
+    let mut want = random(41, size);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for _ in 0..300 {
+        let blk = rng.gen_range(0..size / 4096);
+        want[blk * 4096..(blk + 1) * 4096].fill(0);
+    }
+    // Whole zero runs of various lengths, some cluster aligned.
+    for (at, len) in [(0x10000, 0x10000), (0x23000, 0x31000), (3 << 20, 1 << 20)] {
+        want[at..at + len].fill(0);
+    }
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &want).unwrap();
+    // Real holes in the source too (block_status reports them).
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+        for (at, len) in [(0x23000i64, 0x31000i64), (3 << 20, 1 << 20)] {
+            // SAFETY: fallocate on an open fd with valid flags and range.
+            let r = unsafe {
+                libc::fallocate(
+                    std::os::unix::io::AsRawFd::as_raw_fd(&f),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    at,
+                    len,
+                )
+            };
+            assert_eq!(r, 0, "punch hole");
+        }
+    }
+    for (name, opts) in [
+        ("c64k.qcow2", CreateOptions::default()),
+        (
+            "c512.qcow2",
+            CreateOptions {
+                cluster_size: Some(512),
+                ..Default::default()
+            },
+        ),
+        (
+            "extl2.qcow2",
+            CreateOptions {
+                cluster_size: Some(32768),
+                extended_l2: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "out.raw",
+            CreateOptions {
+                format: Some(Format::Raw),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let out = dir.path().join(name);
+        let fmt = opts.format.unwrap_or(Format::Qcow2);
+        create(
+            &out,
+            &CreateOptions {
+                format: Some(fmt),
+                size: Some(size as u64),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        let mut src = Image::open(
+            &raw,
+            &OpenOptions {
+                format: Some(Format::Raw),
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut dst = Image::open(
+            &out,
+            &OpenOptions {
+                format: Some(fmt),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cs = dst.cluster_size().unwrap_or(4096) as usize;
+        convert(
+            &mut src,
+            &mut dst,
+            &ConvertOptions {
+                compress: false,
+                target_is_zero: true,
+            },
+            None,
+        )
+        .unwrap();
+        drop(dst);
+        assert_qemu_equal(dir.path(), &out, &want);
+        // Granularity of skipping: target clusters, at least 4 KiB.
+        let g = cs.max(4096);
+        let nonzero = want.chunks(g).filter(|c| c.iter().any(|&b| b != 0)).count();
+        if fmt == Format::Qcow2 {
+            assert_qemu_check_clean(&out);
+            let j = qemu_img_ok(&["check", "--output=json", p(&out)]);
+            let alloc: usize = json_field(&j, "allocated-clusters")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(alloc, nonzero * (g / cs), "{name}: allocated clusters");
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            let blocks = std::fs::metadata(&out).unwrap().blocks() as usize * 512 / 4096;
+            assert_eq!(blocks, nonzero, "{name}: 4 KiB blocks written");
+        }
+    }
+}

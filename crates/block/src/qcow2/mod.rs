@@ -51,6 +51,24 @@ pub(crate) enum Map {
     Compressed(u64, u64),
 }
 
+/// Fresh clusters allocated by `Qcow2::stage_fresh`: `bytes` of the
+/// caller's buffer from byte `buf` go to host offset `host + in_c`.
+#[derive(Debug, Clone)]
+pub(crate) struct StagedRun {
+    gc: u64,
+    k: u64,
+    host: u64,
+    in_c: u64,
+    pub(crate) bytes: u64,
+    pub(crate) buf: usize,
+}
+
+impl StagedRun {
+    pub(crate) fn host_start(&self) -> u64 {
+        self.host + self.in_c
+    }
+}
+
 /// An open qcow2 file (its backing chain is owned here too).
 pub struct Qcow2 {
     pub(crate) file: File,
@@ -920,13 +938,7 @@ impl Qcow2 {
         let mut bytes = 0usize;
         while gc + k < table_end && bytes < buf.len() {
             let (e, bm) = self.l2_get(slot, self.l2_index(gc + k));
-            let ok = e & (COMPRESSED | L2E_OFFSET_MASK) == 0
-                && if self.extl2 {
-                    bm == ALL_ZERO || (bm == 0 && self.below_is_zero(gc + k))
-                } else {
-                    e & ZERO != 0 && self.h.version >= 3 || self.below_is_zero(gc + k)
-                };
-            if !ok {
+            if !self.fresh_ok(e, bm, gc + k) {
                 break;
             }
             let start = if k == 0 { in_c } else { 0 };
@@ -940,7 +952,27 @@ impl Qcow2 {
         let host = self.alloc_clusters(k)?;
         self.data_pwrite(&buf[..bytes], host + in_c)?;
         self.note_written(host + in_c, bytes as u64);
-        let end = in_c + bytes as u64; // relative to the first cluster
+        self.map_run(slot, gc, k, host, in_c, bytes as u64);
+        Ok(bytes)
+    }
+
+    /// A cluster whose entry is `e`/`bm` can take a fresh allocation
+    /// without copying anything: it reads as zero and owns no host cluster.
+    #[inline]
+    fn fresh_ok(&self, e: u64, bm: u64, gc: u64) -> bool {
+        e & (COMPRESSED | L2E_OFFSET_MASK) == 0
+            && if self.extl2 {
+                bm == ALL_ZERO || (bm == 0 && self.below_is_zero(gc))
+            } else {
+                e & ZERO != 0 && self.h.version >= 3 || self.below_is_zero(gc)
+            }
+    }
+
+    /// Points the `k` entries from `gc` (table in `slot`) at the contiguous
+    /// host clusters from `host`, whose bytes `[in_c, in_c + bytes)` (from
+    /// the first cluster's start) now hold the data.
+    fn map_run(&mut self, slot: usize, gc: u64, k: u64, host: u64, in_c: u64, bytes: u64) {
+        let end = in_c + bytes; // relative to the first cluster
         for j in 0..k {
             let idx = self.l2_index(gc + j);
             let (_, old_bm) = self.l2_get(slot, idx);
@@ -958,7 +990,77 @@ impl Qcow2 {
             };
             self.l2_set(slot, idx, (host + j * self.cs) | COPIED, bm);
         }
-        Ok(bytes)
+    }
+
+    /// Bulk-copy staging (`convert`): when every cluster of `[off, off+len)`
+    /// can take a fresh allocation, allocates them (contiguous runs, one per
+    /// L2 table) and returns where the data goes. The caller writes it, from
+    /// any thread, then calls `commit_staged` (data before L2). `None`: use
+    /// `write`. The caller must not touch these guest clusters meanwhile.
+    pub(crate) fn stage_fresh(&mut self, off: u64, len: usize) -> Result<Option<Vec<StagedRun>>> {
+        self.check_writable()?;
+        let end = off + len as u64;
+        if len == 0 || (self.free_hint << self.cluster_bits) < self.fresh_from {
+            return Ok(None);
+        }
+        let bits = self.cluster_bits;
+        let mut pos = off;
+        while pos < end {
+            let gc = pos >> bits;
+            let table_end = ((gc / self.l2_entries + 1) * self.l2_entries) << bits;
+            let piece_end = table_end.min(end);
+            let last = (piece_end - 1) >> bits;
+            match self.l2_for_read(gc)? {
+                None => {
+                    if !self.below_is_zero(gc) {
+                        return Ok(None);
+                    }
+                }
+                Some(slot) => {
+                    for c in gc..=last {
+                        let (e, bm) = self.l2_get(slot, self.l2_index(c));
+                        if !self.fresh_ok(e, bm, c) {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            pos = piece_end;
+        }
+        self.mark_dirty_if_lazy()?;
+        self.zcache = None;
+        let mut runs = Vec::new();
+        let mut pos = off;
+        while pos < end {
+            let gc = pos >> bits;
+            let in_c = pos & (self.cs - 1);
+            let table_end = ((gc / self.l2_entries + 1) * self.l2_entries) << bits;
+            let piece_end = table_end.min(end);
+            let k = ((piece_end - 1) >> bits) - gc + 1;
+            let bytes = piece_end - pos;
+            // The table exists (and the L1 points at it) before data lands.
+            self.l2_for_write(gc)?;
+            let host = self.alloc_clusters(k)?;
+            self.guard_write(host + in_c, bytes, None)?;
+            self.note_written(host + in_c, bytes);
+            runs.push(StagedRun {
+                gc,
+                k,
+                host,
+                in_c,
+                bytes,
+                buf: (pos - off) as usize,
+            });
+            pos = piece_end;
+        }
+        Ok(Some(runs))
+    }
+
+    /// Maps a run staged by `stage_fresh` whose data is written.
+    pub(crate) fn commit_staged(&mut self, r: &StagedRun) -> Result<()> {
+        let slot = self.l2_for_write(r.gc)?;
+        self.map_run(slot, r.gc, r.k, r.host, r.in_c, r.bytes);
+        Ok(())
     }
 
     #[inline]
@@ -1268,6 +1370,12 @@ impl Qcow2 {
 
     /// Writes one guest cluster compressed (see `Image::write_compressed`).
     pub(crate) fn write_compressed(&mut self, buf: &[u8], off: u64) -> Result<()> {
+        self.check_compressed_args(buf, off)?;
+        let packed = compress_cluster(self.compression, self.cs, buf)?;
+        self.write_packed(buf, packed.as_deref(), off)
+    }
+
+    fn check_compressed_args(&self, buf: &[u8], off: u64) -> Result<()> {
         self.check_writable()?;
         let cs = self.cs;
         if !off.is_multiple_of(cs)
@@ -1277,22 +1385,33 @@ impl Qcow2 {
                 "compressed writes must cover exactly one cluster".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Stores one guest cluster already compressed by [`compress_cluster`]
+    /// (`packed`), or plainly when it did not compress (`None`).
+    pub(crate) fn write_packed(
+        &mut self,
+        buf: &[u8],
+        packed: Option<&[u8]>,
+        off: u64,
+    ) -> Result<()> {
+        self.check_compressed_args(buf, off)?;
         self.zcache = None;
-        let mut full = std::mem::take(&mut self.scratch);
-        full.clear();
-        full.extend_from_slice(buf);
-        full.resize(cs as usize, 0);
-        let packed = compress::compress(self.compression, &full, cs as usize);
-        self.scratch = full;
-        let Some(packed) = packed? else {
+        let Some(packed) = packed else {
             return self.write(buf, off);
         };
+        if packed.len() as u64 >= self.cs {
+            return Err(Error::InvalidArgument(
+                "compressed cluster is not smaller than a cluster".into(),
+            ));
+        }
         self.mark_dirty_if_lazy()?;
         let gc = off >> self.cluster_bits;
         let slot = self.l2_for_write(gc)?;
         let host = self.alloc_bytes(packed.len() as u64)?;
         self.guard_write(host, packed.len() as u64, None)?;
-        pwrite(&self.file, &self.path, &packed, host)?;
+        pwrite(&self.file, &self.path, packed, host)?;
         self.note_written(host, packed.len() as u64);
         let nsect = ((host & 511) + packed.len() as u64).div_ceil(512);
         let shift = 62 - (self.cluster_bits - 8);
@@ -1670,6 +1789,18 @@ impl Qcow2 {
         }
         Ok(())
     }
+}
+
+/// Compresses one guest cluster (`buf`, a short last cluster is padded
+/// with zeroes) for [`Qcow2::write_packed`]; `None` when it does not
+/// shrink. Pure: runs on any thread.
+pub fn compress_cluster(ty: CompressionType, cs: u64, buf: &[u8]) -> Result<Option<Vec<u8>>> {
+    if buf.len() as u64 == cs {
+        return compress::compress(ty, buf, cs as usize);
+    }
+    let mut full = buf.to_vec();
+    full.resize(cs as usize, 0);
+    compress::compress(ty, &full, cs as usize)
 }
 
 fn chain_depth(img: &Image) -> u32 {
