@@ -90,9 +90,23 @@ pub struct RunFlags {
     pub network: String,
     #[arg(long)]
     pub hostname: Option<String>,
-    pub image: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// IMAGE [COMMAND [ARG...]]: everything after the image goes to the container.
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub cmdline: Vec<String>,
+}
+
+impl RunFlags {
+    pub fn image(&self) -> &str {
+        &self.cmdline[0]
+    }
+    pub fn args(&self) -> &[String] {
+        &self.cmdline[1..]
+    }
 }
 
 #[derive(Args, Debug)]
@@ -316,8 +330,8 @@ fn opts_from(f: &RunFlags) -> Result<CreateOpts> {
     }
     Ok(CreateOpts {
         name: f.name.clone(),
-        image: f.image.clone(),
-        args: f.args.clone(),
+        image: f.image().to_string(),
+        args: f.args().to_vec(),
         entrypoint: f.entrypoint.clone(),
         env: f.env.clone(),
         workdir: f.workdir.clone(),

@@ -34,6 +34,10 @@ pub fn build(c: &Container, dir: &Path, netns: Option<&str>, uid: u32, gid: u32)
             ("hostname", "/etc/hostname"),
             ("resolv.conf", "/etc/resolv.conf"),
         ] {
+            // Build containers have none: nothing may leak into their layers.
+            if !dir.join(name).exists() {
+                continue;
+            }
             m.push(json!({
                 "destination": dest, "type": "bind", "source": dir.join(name),
                 "options": ["rbind", "rprivate"]

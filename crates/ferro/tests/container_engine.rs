@@ -788,3 +788,117 @@ fn push_and_pull_with_a_local_registry() {
     ]);
     assert_eq!(e.inspect(&secured)["Id"].as_str().unwrap(), id);
 }
+
+#[test]
+fn build_multi_stage_with_cache() {
+    let e = Eng::new();
+    e.load_busybox();
+    let ctx = e.dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "ctxfile\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        r#"ARG BASE=busybox
+FROM $BASE AS builder
+ARG GREETING=hi
+ENV OUT=/out
+WORKDIR /src
+COPY hello.txt .
+RUN mkdir -p $OUT && echo "$GREETING from build" > $OUT/msg && cat hello.txt >> $OUT/msg && rm /bin/wget
+
+FROM busybox
+LABEL org.test.kind="multi stage"
+COPY --from=builder /out/msg /msg
+EXPOSE 8080
+USER nobody
+ENTRYPOINT ["cat"]
+CMD ["/msg"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile.scratch"),
+        "FROM busybox AS src\nFROM scratch\nCOPY --from=src /bin/busybox /bin/busybox\nCOPY hello.txt /\nENTRYPOINT [\"/bin/busybox\", \"cat\", \"/hello.txt\"]\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("Dockerfile.bad"), "FROM busybox\nRUN exit 3\n").unwrap();
+    let c = ctx.to_str().unwrap();
+    let build = |args: &[&str]| {
+        let mut a = vec!["build"];
+        a.extend_from_slice(args);
+        a.push(c);
+        let o = e.run(&a);
+        assert!(o.status.success(), "build {args:?}: {}", out_err(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let log = build(&["-t", "built:1", "--build-arg", "GREETING=hello"]);
+    assert!(log.contains("0 of 3 layer steps from cache"), "{log}");
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "none", "built:1"]),
+        "hello from build\nctxfile\n"
+    );
+    let v = e.inspect("built:1");
+    let id = v["Id"].as_str().unwrap().to_string();
+    assert_eq!(v["Config"]["User"], "nobody");
+    assert_eq!(v["Config"]["Labels"]["org.test.kind"], "multi stage");
+    assert!(v["Config"]["ExposedPorts"]["8080/tcp"].is_object(), "{v}");
+    assert_eq!(
+        e.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "id",
+            "built:1",
+            "-u"
+        ]),
+        "65534\n"
+    );
+    // Second build: every layer step from the cache, same image.
+    let log = build(&["-t", "built:1", "--build-arg", "GREETING=hello"]);
+    assert!(log.contains("3 of 3 layer steps from cache"), "{log}");
+    assert_eq!(e.inspect("built:1")["Id"].as_str().unwrap(), id);
+    // A new build-arg value reruns RUN and what depends on it, not the COPY before.
+    let log = build(&["-t", "built:2", "--build-arg", "GREETING=bye"]);
+    assert!(log.contains("1 of 3 layer steps from cache"), "{log}");
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "none", "built:2"]),
+        "bye from build\nctxfile\n"
+    );
+    // The builder stage: WORKDIR + COPY landed, RUN's deletion is a whiteout.
+    build(&["--target", "builder", "-t", "stage:b"]);
+    let o = e.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "stage:b",
+        "sh",
+        "-c",
+        "cat /src/hello.txt; ls /bin/wget",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ctxfile\n");
+    assert_ne!(o.status.code(), Some(0));
+    // FROM scratch.
+    build(&["-f", &format!("{c}/Dockerfile.scratch"), "-t", "tiny"]);
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "none", "tiny"]),
+        "ctxfile\n"
+    );
+    // A failing RUN fails the build and names the step.
+    let o = e.run(&[
+        "build",
+        "-f",
+        &format!("{c}/Dockerfile.bad"),
+        "-t",
+        "bad",
+        c,
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        out_err(&o).contains("returned a non-zero code: 3"),
+        "{}",
+        out_err(&o)
+    );
+}

@@ -1,0 +1,9 @@
+//! The Dockerfile front end of `ferro container build`.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = engine::build::front_end(text);
+    }
+});
