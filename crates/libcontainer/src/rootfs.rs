@@ -318,16 +318,9 @@ fn mount_cgroup(ctx: &Ctx, dest: &Path, o: &MountOpts) -> Result<()> {
             }
         }
     }
-    if ro {
-        sys::mount(
-            None,
-            dest,
-            None,
-            libc::MS_REMOUNT | libc::MS_RDONLY | (flags & !libc::MS_RDONLY),
-            Some("mode=755"),
-        )
-        .context("making cgroup tmpfs read-only")?;
-    }
+    // Like runc, the tmpfs itself stays writable (root-only, 0755); the
+    // hierarchies under it carry the read-only flag.
+    let _ = ro;
     Ok(())
 }
 

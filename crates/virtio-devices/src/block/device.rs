@@ -167,7 +167,9 @@ impl VirtioDevice for Block {
         if self.worker.is_some() {
             return None;
         }
-        self.backend.as_deref_mut().map(|b| b as &mut dyn BlockBackend)
+        self.backend
+            .as_deref_mut()
+            .map(|b| b as &mut dyn BlockBackend)
     }
 
     fn pause(&mut self) -> Option<Vec<QueueContext>> {
