@@ -1,5 +1,5 @@
-//! `ferro container …` end to end, as root, with runc as the OCI runtime
-//! (`FERRO_TEST_RUNTIME` picks another, e.g. `ferro` for `ferro oci`).
+//! `ferro container …` end to end, as root, with the default OCI runtime
+//! (`ferro oci`; `FERRO_TEST_RUNTIME=runc` swaps it) and one test with runc.
 //! Test images are built here from Debian's busybox-static; a registry
 //! test starts Debian's docker-registry on a private loopback port.
 
@@ -165,17 +165,19 @@ fn docker_archive(name: &str, layers: &[Vec<u8>]) -> Vec<u8> {
 
 struct Eng {
     dir: tempfile::TempDir,
-}
-
-fn runtime() -> String {
-    std::env::var("FERRO_TEST_RUNTIME").unwrap_or_else(|_| "runc".into())
+    runtime: String,
 }
 
 impl Eng {
     fn new() -> Eng {
+        Eng::with_runtime(&std::env::var("FERRO_TEST_RUNTIME").unwrap_or_else(|_| "ferro".into()))
+    }
+
+    fn with_runtime(runtime: &str) -> Eng {
         assert_eq!(unsafe { libc::geteuid() }, 0, "container tests run as root");
         Eng {
             dir: tempfile::tempdir().unwrap(),
+            runtime: runtime.to_string(),
         }
     }
 
@@ -187,7 +189,7 @@ impl Eng {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ferro"));
         c.arg("container").args(args);
         c.env("FERRO_ROOT", self.root())
-            .env("FERRO_RUNTIME", runtime());
+            .env("FERRO_RUNTIME", &self.runtime);
         c.stdin(Stdio::null());
         c
     }
@@ -898,6 +900,113 @@ CMD ["/msg"]
     assert!(!o.status.success());
     assert!(
         out_err(&o).contains("returned a non-zero code: 3"),
+        "{}",
+        out_err(&o)
+    );
+}
+
+#[test]
+fn runc_as_the_runtime() {
+    let e = Eng::with_runtime("runc");
+    e.load_busybox();
+    let o = e.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $HOSTNAME >/dev/null; echo via-runc; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "via-runc\n");
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(e.inspect("r")["HostConfig"]["Runtime"], "runc");
+    assert_eq!(
+        e.ok(&["exec", "r", "cat", "/proc/1/cmdline"]),
+        "sleep\u{0}300\u{0}"
+    );
+    e.ok(&["kill", "r"]);
+    let v = e.wait_for("r", |v| v["State"]["Status"] == "exited");
+    assert_eq!(v["State"]["ExitCode"], 137);
+}
+
+/// PUTs a raw manifest (an index here) the way a registry client does.
+fn put_manifest(port: u16, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!(
+        "PUT /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+}
+
+#[test]
+fn pull_selects_the_platform_from_an_index() {
+    let e = Eng::new();
+    e.load_busybox();
+    let o = e.load(&oci_archive(
+        "other:latest",
+        &[busybox_layer(), layer(&[("arm", E::File(b"arm"))])],
+        false,
+    ));
+    assert!(o.status.success(), "{}", out_err(&o));
+    let reg = registry(&e.dir.path().join("reg"), None);
+    let repo = "multi/bb";
+    let amd = format!("127.0.0.1:{}/{repo}:amd", reg.port);
+    let arm = format!("127.0.0.1:{}/{repo}:arm", reg.port);
+    e.ok(&["tag", "busybox", &amd]);
+    e.ok(&["tag", "other", &arm]);
+    e.ok(&["push", &amd]);
+    e.ok(&["push", &arm]);
+    let desc = |name: &str, arch: &str| {
+        let saved = e.dir.path().join(format!("{arch}.tar"));
+        e.ok(&["save", "-o", saved.to_str().unwrap(), name]);
+        let mut ar = tar::Archive::new(std::fs::File::open(&saved).unwrap());
+        let mut idx = String::new();
+        for ent in ar.entries().unwrap() {
+            let mut ent = ent.unwrap();
+            if ent.path().unwrap().to_str() == Some("index.json") {
+                ent.read_to_string(&mut idx).unwrap();
+            }
+        }
+        let v: Value = serde_json::from_str(&idx).unwrap();
+        let m = &v["manifests"][0];
+        json!({"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+               "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [desc(&arm, "arm64"), desc(&amd, "amd64")]});
+    put_manifest(
+        reg.port,
+        repo,
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    let multi = format!("127.0.0.1:{}/{repo}:multi", reg.port);
+    e.ok(&["pull", &multi]);
+    assert_eq!(e.inspect(&multi)["Id"], e.inspect("busybox")["Id"]);
+    e.ok(&["pull", "--platform", "linux/arm64", &multi]);
+    assert_eq!(e.inspect(&multi)["Id"], e.inspect("other")["Id"]);
+    let o = e.run(&["pull", "--platform", "linux/s390x", &multi]);
+    assert!(
+        out_err(&o).contains("no image for platform linux/s390x"),
         "{}",
         out_err(&o)
     );
