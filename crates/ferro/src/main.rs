@@ -31,6 +31,18 @@ enum Cmd {
     Images(engine::ImagesArgs),
     /// Low-level OCI container runtime (runc-compatible).
     Oci(libcontainer::cli::OciArgs),
+    /// Manage persistent VMs through the ferrod daemon (virsh-like).
+    Vm(ferrod::VmArgs),
+    /// Run the management daemon (ferrod): definitions, lifecycle, REST API.
+    Daemon(ferrod::DaemonArgs),
+}
+
+/// `ferrod [FLAGS]`: the daemon, when the binary is invoked by that name.
+#[derive(Parser, Debug)]
+#[command(name = "ferrod", version, about = "Ferrovisor's management daemon")]
+struct Ferrod {
+    #[command(flatten)]
+    args: ferrod::DaemonArgs,
 }
 
 fn main() {
@@ -41,6 +53,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("ferrod")) {
+        std::process::exit(report(ferrod::daemon_main(Ferrod::parse().args)));
+    }
     let cli = Cli::parse();
     let code = match cli.cmd {
         Some(Cmd::Img(a)) => imgtool::main(a),
@@ -50,6 +66,8 @@ fn main() {
         Some(Cmd::Ps(a)) => engine::ps_main(a),
         Some(Cmd::Images(a)) => engine::images_main(a),
         Some(Cmd::Oci(a)) => libcontainer::cli::main(a),
+        Some(Cmd::Vm(a)) => report(ferrod::vm_main(a)),
+        Some(Cmd::Daemon(a)) => report(ferrod::daemon_main(a)),
         None => report(vmm::run_default()),
     };
     std::process::exit(code);
