@@ -84,8 +84,9 @@ impl Client {
         }
         req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         c.write_all(req.as_bytes())?;
-        c.write_all(body)?;
-        c.flush()?;
+        // The daemon may answer (413) and close before reading a huge body:
+        // read its answer anyway.
+        let _ = c.write_all(body).and_then(|_| c.flush());
         Ok(BufReader::new(c))
     }
 

@@ -707,8 +707,26 @@ impl Supervisor {
     /// no longer exist, settles VMs that ended meanwhile (restart policies
     /// apply) and, once per boot, autostarts.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
-        let found = scan_vmms(&self.cfg.run_dir);
         let specs = self.store.list()?;
+        // Two sources: the pid we recorded (checked by start time, so a
+        // reused pid is not mistaken for our VMM), and a /proc scan for the
+        // --control path (VMMs spawned just before a crash, whose pid never
+        // reached the database). The scan runs twice: a process caught in
+        // the middle of exec shows no command line for a moment.
+        let mut found = scan_vmms(&self.cfg.run_dir);
+        for s in &specs {
+            let rec = self.store.run_record(&s.uuid())?;
+            if let (Some(pid), Some(start)) = (rec.pid, rec.pid_start) {
+                if pid_alive(pid) && proc_start_time(pid) == Some(start) {
+                    found.entry(s.uuid()).or_insert(pid);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (u, pid) in scan_vmms(&self.cfg.run_dir) {
+            found.entry(u).or_insert(pid);
+        }
+        tracing::info!(?found, "recovering");
         for (uuid, pid) in &found {
             if !specs.iter().any(|s| s.uuid() == *uuid) {
                 tracing::warn!(%uuid, pid, "stopping a VMM whose domain is not defined");
@@ -769,6 +787,7 @@ impl Supervisor {
                 continue;
             }
             let rec = self.store.run_record(&uuid)?;
+            tracing::info!(vm = %spec.name, ?rec, status = p.status.exists(), "not running");
             if rec.want_running || p.status.exists() {
                 // It ended while no daemon watched it.
                 let gen = {
@@ -870,6 +889,13 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// Field 6 of /proc/PID/stat (session id).
+fn proc_session(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
 pub fn proc_start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -899,7 +925,10 @@ pub fn scan_vmms(run_dir: &Path) -> HashMap<Uuid, i32> {
         };
         let ctl = Path::new(ctl);
         let Some(dir) = ctl.parent() else { continue };
-        if dir.parent() != Some(run_dir) || !pid_alive(pid) {
+        // The VMM is the leader of the session we gave it; its forked
+        // helpers (e.g. a wrapper script's subshells) share the command
+        // line but are not.
+        if dir.parent() != Some(run_dir) || !pid_alive(pid) || proc_session(pid) != Some(pid) {
             continue;
         }
         if let Some(u) = dir

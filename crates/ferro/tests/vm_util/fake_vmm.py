@@ -3,6 +3,7 @@
 the daemon's tests that need many fast VMs (crash loops, kill -9 storms,
 100 clients). Test hooks ride on --append:
   fake-crash-after=S   exit 3 ("crashed") after S seconds
+  fake-crash-once=F    the same after 0.3 s, unless file F exists (creates it)
   fake-fail            exit 1 ("error") at once
   fake-no-agent        powerdown is not delivered
   fake-slow-start=S    wait S seconds before listening
@@ -123,4 +124,7 @@ if one("serial-log"):
     with open(one("serial-log"), "a") as f: f.write("fake-vmm %s booted\n" % one("name"))
 if "fake-crash-after" in hooks:
     threading.Timer(float(hooks["fake-crash-after"]), finish, (3, "crashed", "kernel panic")).start()
+if "fake-crash-once" in hooks and not os.path.exists(hooks["fake-crash-once"]):
+    open(hooks["fake-crash-once"], "w").close()
+    threading.Timer(0.3, finish, (3, "crashed", "kernel panic")).start()
 accept_loop(listen(one("control")), serve_control)
