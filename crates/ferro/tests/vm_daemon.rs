@@ -178,22 +178,44 @@ fn restart_policies_with_backoff() {
         "crashy",
         "cmdline = \"fake-crash-after=0.05\"\nrestart = \"on-failure:2\"\n",
     );
-    let t0 = Instant::now();
-    d.ok(&["start", "crashy"]);
-    let i = d.wait_for("crashy", T, |i| {
-        state(i) == "crashed" && i["restarts"] == 2 && i["pid"].is_null()
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let c = d.client();
+    std::thread::spawn(move || {
+        let _ = c.events("?vm=crashy", |ev, _| {
+            tx.send((ev.to_string(), Instant::now())).is_ok()
+        });
     });
-    assert_eq!(i["reason"], "panicked");
-    // 3 runs of >= 50 ms and back-offs of 100 + 200 ms.
-    assert!(
-        t0.elapsed() >= Duration::from_millis(450),
-        "{:?}",
-        t0.elapsed()
+    // Subscribed once an event for the VM arrives (a redefinition).
+    loop {
+        d.define_toml(
+            "crashy",
+            "cmdline = \"fake-crash-after=0.05\"\nrestart = \"on-failure:2\"\n",
+        );
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            break;
+        }
+    }
+    while rx.try_recv().is_ok() {}
+    d.ok(&["start", "crashy"]);
+    let mut evs = Vec::new();
+    while evs.iter().filter(|(e, _)| e == "crashed").count() < 3 {
+        evs.push(rx.recv_timeout(T).expect("crash events"));
+    }
+    let names: Vec<&str> = evs.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        ["started", "crashed", "started", "crashed", "started", "crashed"]
     );
+    // Back-off: 100 ms after the first crash, 200 ms after the second.
+    assert!(evs[2].1 - evs[1].1 >= Duration::from_millis(100));
+    assert!(evs[4].1 - evs[3].1 >= Duration::from_millis(200));
     // It stays down.
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(rx.recv_timeout(Duration::from_millis(800)).is_err());
     let i = d.info("crashy");
-    assert_eq!((state(&i), i["restarts"].as_u64()), ("crashed", Some(2)));
+    assert_eq!(
+        (state(&i), i["reason"].as_str(), i["restarts"].as_u64()),
+        ("crashed", Some("panicked"), Some(2))
+    );
 
     // restart = "no": a crash is final.
     d.define_toml("once", "cmdline = \"fake-crash-after=0.05\"\n");
