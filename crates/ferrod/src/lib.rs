@@ -99,12 +99,18 @@ pub fn daemon_main(args: DaemonArgs) -> Result<i32> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    // A VMM forked by a daemon that was just killed holds the (close-on-
+    // exec) lock until its exec: give it a moment before giving up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
     // SAFETY: flock on an fd we own for the life of the process.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "another ferrod is already running on {}",
-            state_dir.display()
-        );
+    while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "another ferrod is already running on {}",
+                state_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let store = store::Store::open(&state_dir.join("ferrod.db"))?;
     let vmm: Vec<OsString> = match &args.vmm {
