@@ -51,6 +51,9 @@ struct Current {
     control: Option<Control>,
     /// Host end of the agent channel of the current machine.
     agent: Option<UnixStream>,
+    /// Pause/resume and state of the current machine (module `snapshot`).
+    state: Option<crate::snapshot::Vm>,
+    snapshot_dir: Option<std::path::PathBuf>,
 }
 
 pub struct EmuVm {
@@ -76,19 +79,45 @@ impl EmuVm {
         self.cur.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Points pause/resume, save and snapshots at the current machine.
+    pub fn attach_state(
+        &self,
+        state: crate::snapshot::Vm,
+        snapshot_dir: Option<std::path::PathBuf>,
+    ) {
+        let mut c = self.lock();
+        c.state = Some(state);
+        c.snapshot_dir = snapshot_dir;
+    }
+
+    /// The current machine's state handle (cloned: operations on it may
+    /// take long and must not hold the lock `quit` needs).
+    fn state(&self) -> Result<(crate::snapshot::Vm, Option<std::path::PathBuf>)> {
+        let c = self.lock();
+        let s = c.state.clone().context("the machine is not running yet")?;
+        Ok((s, c.snapshot_dir.clone()))
+    }
+
+    fn snapshot_dir(&self) -> Result<(crate::snapshot::Vm, std::path::PathBuf)> {
+        let (s, d) = self.state()?;
+        Ok((s, d.context("snapshots need --snapshot-dir DIR")?))
+    }
+
     /// Adds the agent's virtio-console (call after every user device).
     /// Returns the host end, for [`EmuVm::attach`].
-    pub fn add_agent_channel(builder: &mut MachineBuilder) -> Result<UnixStream> {
+    pub fn add_agent_channel(
+        builder: &mut MachineBuilder,
+    ) -> Result<(UnixStream, Arc<Mutex<virtio_devices::MmioTransport>>)> {
         let (host, guest) = UnixStream::pair().context("agent channel: socketpair")?;
         // Guest output on the agent port is not used.
         let console = Console::new(ConsoleIo {
             input: Some(OwnedFd::from(guest)),
             output: Box::new(std::io::sink()),
         });
-        let (slot, _) = crate::virtio::attach_device(builder, Box::new(console))
+        let (slot, t) = crate::virtio::attach_device(builder, Box::new(console))
             .context("agent channel (virtio-console)")?;
         builder.fdt_extra_mut().agent_console = Some(slot);
-        Ok(host)
+        Ok((host, t))
     }
 
     /// Points the control at a newly built machine. A quit that raced with
@@ -135,8 +164,11 @@ impl EmuVm {
 
 impl VmControl for EmuVm {
     fn status(&self) -> VmStatus {
+        let paused = self.lock().state.as_ref().is_some_and(|s| s.is_paused());
         let state = if self.powerdown.load(Ordering::SeqCst) {
             RunState::Shutdown
+        } else if paused {
+            RunState::Paused
         } else {
             RunState::Running
         };
@@ -160,5 +192,46 @@ impl VmControl for EmuVm {
     fn quit(&self) -> Result<()> {
         self.quit_because("quit command");
         Ok(())
+    }
+
+    fn pause(&self) -> Result<()> {
+        self.state()?.0.pause()
+    }
+
+    fn resume(&self) -> Result<()> {
+        self.state()?.0.resume()
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let stats = self.state()?.0.save(path)?;
+        tracing::info!(
+            "saved {} ({} bytes, {} of {} RAM pages, {} ms)",
+            path.display(),
+            stats.file_bytes,
+            stats.stored_pages,
+            stats.ram_pages,
+            stats.millis
+        );
+        Ok(())
+    }
+
+    fn snapshot_create(&self, name: &str) -> Result<serde_json::Value> {
+        let (s, dir) = self.snapshot_dir()?;
+        Ok(serde_json::to_value(s.snapshot_create(&dir, name)?)?)
+    }
+
+    fn snapshot_list(&self) -> Result<serde_json::Value> {
+        let (s, dir) = self.snapshot_dir()?;
+        Ok(serde_json::to_value(s.snapshot_list(&dir)?)?)
+    }
+
+    fn snapshot_revert(&self, name: &str) -> Result<()> {
+        let (s, dir) = self.snapshot_dir()?;
+        s.snapshot_revert(&dir, name)
+    }
+
+    fn snapshot_delete(&self, name: &str) -> Result<()> {
+        let (s, dir) = self.snapshot_dir()?;
+        s.snapshot_delete(&dir, name)
     }
 }

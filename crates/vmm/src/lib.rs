@@ -101,6 +101,16 @@ pub struct RunArgs {
     /// (atomically).
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
+    /// Where VM-state snapshots (`snapshot-create` on --control) are kept.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Start from a state file written by `save` (riscv64): the machine's
+    /// configuration comes from the file; its disks must be the same files.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
+    /// Start paused (QEMU's -S); `resume` on --control starts the CPUs.
+    #[arg(short = 'S', long)]
+    pub paused: bool,
     #[command(flatten)]
     pub virtio: Box<virtio::VirtioArgs>,
 }
@@ -263,10 +273,75 @@ impl BootFiles {
     }
 }
 
-/// Virtio devices (`--disk`, `--net`, `--rng`: issue 4) are attached here,
-/// through [`MachineBuilder::add_virtio`] / [`MachineBuilder::attach_virtio`].
-fn attach_virtio(builder: &mut MachineBuilder, args: &RunArgs) -> Result<()> {
-    virtio::attach(builder, &args.virtio).map(|_| ())
+/// Resolves the boot files `ferro run`'s flags name (the default guest's
+/// when none), and the command line the default guest wants.
+fn boot_paths(args: &RunArgs) -> Result<(snapshot::BootPaths, Option<String>)> {
+    let mut cmdline = args.append.clone();
+    if args.bios.as_deref() == Some("none") {
+        let k = args
+            .kernel
+            .as_ref()
+            .context("--bios none needs --kernel PROGRAM.elf")?;
+        if args.initrd.is_some() {
+            bail!("--initrd needs firmware: it cannot be used with --bios none");
+        }
+        let p = snapshot::BootPaths {
+            kernel: Some(k.clone()),
+            bare: true,
+            ..Default::default()
+        };
+        return Ok((p, cmdline));
+    }
+    let fw_path = args
+        .firmware
+        .clone()
+        .or_else(|| args.bios.clone().map(PathBuf::from));
+    let (kernel, initrd, fw_path) = match &args.kernel {
+        Some(k) => {
+            let fw = match fw_path {
+                Some(f) => f,
+                None => guest::DefaultGuest::cached()
+                    .map(|g| g.firmware)
+                    .context("no firmware given (--firmware FILE), and the default guest's OpenSBI is not cached")?,
+            };
+            (k.clone(), args.initrd.clone(), fw)
+        }
+        None => {
+            if args.initrd.is_some() {
+                bail!("--initrd needs --kernel");
+            }
+            let g = guest::ensure()?;
+            cmdline.get_or_insert_with(|| guest::DEFAULT_CMDLINE.to_string());
+            (g.kernel, Some(g.initrd), fw_path.unwrap_or(g.firmware))
+        }
+    };
+    let p = snapshot::BootPaths {
+        firmware: Some(fw_path),
+        kernel: Some(kernel),
+        initrd,
+        bare: false,
+    };
+    Ok((p, cmdline))
+}
+
+/// Reads the boot files.
+fn read_boot(p: &snapshot::BootPaths, ram_size: u64) -> Result<BootFiles> {
+    let kernel = p.kernel.as_ref().context("no kernel to boot")?;
+    if p.bare {
+        return Ok(BootFiles::Bare {
+            elf: read_blob("kernel", kernel, ram_size)?,
+        });
+    }
+    let fw = p.firmware.as_ref().context("no firmware to boot")?;
+    Ok(BootFiles::Firmware {
+        firmware: read_blob("firmware", fw, ram_size)?,
+        kernel: Some(read_blob("kernel", kernel, ram_size)?),
+        initrd: p
+            .initrd
+            .as_ref()
+            .map(|i| read_blob("initrd", i, ram_size))
+            .transpose()?,
+    })
 }
 
 /// Runs a VM; returns the process exit code. With `--status-file`, the
@@ -287,6 +362,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 /// Runs a VM to its end.
 pub fn run_vm(args: RunArgs) -> Result<Outcome> {
+    if args.arch != "riscv64" && (args.restore.is_some() || args.paused) {
+        bail!("--restore and -S are supported on riscv64 (the emulator) only");
+    }
     match (args.arch.as_str(), args.accel.as_deref()) {
         #[cfg(target_arch = "x86_64")]
         ("x86_64", None | Some("kvm")) => return kvm::run(&args),
@@ -296,62 +374,54 @@ pub fn run_vm(args: RunArgs) -> Result<Outcome> {
         }
         _ => {}
     }
-    let ram_size = parse_memory(&args.memory)?;
-    if !(1..=8).contains(&args.cpus) {
-        bail!("--cpus {}: the riscv64 machine supports 1 to 8", args.cpus);
-    }
-    let bare = args.bios.as_deref() == Some("none");
-    let mut cmdline = args.append.clone();
-    let files = if bare {
-        let k = args
-            .kernel
-            .as_ref()
-            .context("--bios none needs --kernel PROGRAM.elf")?;
-        if args.initrd.is_some() {
-            bail!("--initrd needs firmware: it cannot be used with --bios none");
+    // --restore: the machine's configuration comes from the state file.
+    let state_data = match &args.restore {
+        Some(p) => Some(snapshot::read_file(p)?),
+        None => None,
+    };
+    let restored = match (&state_data, &args.restore) {
+        (Some(d), Some(p)) => {
+            Some(snapshot::parse(d).with_context(|| format!("--restore {}", p.display()))?)
         }
-        BootFiles::Bare {
-            elf: read_blob("kernel", k, ram_size)?,
-        }
-    } else {
-        let fw_path = args
-            .firmware
-            .clone()
-            .or_else(|| args.bios.clone().map(PathBuf::from));
-        let (kernel, initrd, fw_path) = match &args.kernel {
-            Some(k) => {
-                let fw = match fw_path {
-                    Some(f) => f,
-                    None => guest::DefaultGuest::cached()
-                        .map(|g| g.firmware)
-                        .context("no firmware given (--firmware FILE), and the default guest's OpenSBI is not cached")?,
-                };
-                (k.clone(), args.initrd.clone(), fw)
+        _ => None,
+    };
+    let (config, mut files) = match &restored {
+        Some(sf) => (sf.meta.config.clone(), None),
+        None => {
+            let ram_size = parse_memory(&args.memory)?;
+            if !(1..=8).contains(&args.cpus) {
+                bail!("--cpus {}: the riscv64 machine supports 1 to 8", args.cpus);
             }
-            None => {
-                if args.initrd.is_some() {
-                    bail!("--initrd needs --kernel");
-                }
-                let g = guest::ensure()?;
-                cmdline.get_or_insert_with(|| guest::DEFAULT_CMDLINE.to_string());
-                (g.kernel, Some(g.initrd), fw_path.unwrap_or(g.firmware))
-            }
-        };
-        BootFiles::Firmware {
-            firmware: read_blob("firmware", &fw_path, ram_size)?,
-            kernel: Some(read_blob("kernel", &kernel, ram_size)?),
-            initrd: initrd
-                .map(|i| read_blob("initrd", &i, ram_size))
-                .transpose()?,
+            let (boot, cmdline) = boot_paths(&args)?;
+            let files = read_boot(&boot, ram_size)?;
+            let config = snapshot::VmConfig {
+                cpus: args.cpus,
+                ram_size,
+                cmdline: cmdline.unwrap_or_default(),
+                virtio: (*args.virtio).clone(),
+                agent_channel: args.control.is_some(),
+                boot,
+                uuid: None,
+            };
+            (config, Some(files))
         }
     };
-    let cmdline = cmdline.unwrap_or_default();
-    let uuid = args.uuid.clone().unwrap_or_else(uuid::random);
+    let ram_size = config.ram_size;
+    let cmdline = config.cmdline.clone();
+    let uuid = args
+        .uuid
+        .clone()
+        .or_else(|| config.uuid.clone())
+        .unwrap_or_else(uuid::random);
+    let config = snapshot::VmConfig {
+        uuid: Some(uuid.clone()),
+        ..config
+    };
     let vm = emu::EmuVm::new(emu::VmInfo {
         name: args.name.clone().unwrap_or_default(),
         uuid: uuid.clone(),
         arch: "riscv64",
-        cpus: args.cpus,
+        cpus: config.cpus,
         memory_bytes: ram_size,
     });
     // Managed (ferrod): never read stdin nor touch the terminal.
@@ -362,6 +432,7 @@ pub fn run_vm(args: RunArgs) -> Result<Outcome> {
     type Built = (
         arch::riscv64::Machine,
         Option<std::os::unix::net::UnixStream>,
+        virtio::Transports,
     );
     let build = |boot: Boot| -> Result<Built> {
         let mut htif_sink = sink.clone();
@@ -369,25 +440,48 @@ pub fn run_vm(args: RunArgs) -> Result<Outcome> {
             let _ = htif_sink.write_all(&[b]);
         });
         let mut builder = MachineBuilder::new(MachineConfig {
-            harts: args.cpus,
+            harts: config.cpus,
             ram_size,
             boot,
             cmdline: cmdline.clone(),
             console_out: sink.writer(),
             htif_console: Some(htif_console),
         })?;
-        attach_virtio(&mut builder, &args)?;
+        let mut transports = virtio::attach(&mut builder, &config.virtio)?;
         // The agent channel comes after every user device (docs/CONTROL.md).
-        let agent = if args.control.is_some() {
-            Some(emu::EmuVm::add_agent_channel(&mut builder)?)
+        let agent = if config.agent_channel {
+            let (host, t) = emu::EmuVm::add_agent_channel(&mut builder)?;
+            transports.push(t);
+            Some(host)
         } else {
             None
         };
         builder.fdt_extra_mut().serial_number = Some(uuid.clone());
-        Ok((builder.build()?, agent))
+        Ok((builder.build()?, agent, transports))
+    };
+    // The state handle of a built machine (control: pause, save, snapshots).
+    let state_of = |m: &arch::riscv64::Machine, t: virtio::Transports| {
+        snapshot::Vm::new(m.platform(), t, m.memory().clone(), config.clone())
     };
 
-    let (mut machine, agent) = build(files.boot())?;
+    let (mut machine, agent, transports) = match (&files, &restored) {
+        (Some(f), _) => build(f.boot())?,
+        (None, Some(sf)) => {
+            let t = Instant::now();
+            let (mut m, agent, transports) = build(Boot::Empty)?;
+            snapshot::restore_machine(sf, &mut m, &transports)?;
+            tracing::info!("restored in {} ms", t.elapsed().as_millis());
+            (m, agent, transports)
+        }
+        (None, None) => unreachable!("boot files or a state file"),
+    };
+    let mut state = state_of(&machine, transports);
+    if args.paused {
+        state.pause()?;
+    } else if restored.is_some() {
+        state.resume()?;
+    }
+    vm.attach_state(state.clone(), args.snapshot_dir.clone());
     if let Some(p) = &args.dumpdtb {
         std::fs::write(p, machine.dtb())
             .with_context(|| format!("cannot write {}", p.display()))?;
@@ -448,8 +542,16 @@ pub fn run_vm(args: RunArgs) -> Result<Outcome> {
             ExitReason::Reset => {
                 // Release disks and TAPs before the new machine reopens them.
                 drop(machine);
-                let (m, agent) = build(files.boot())?;
+                drop(state);
+                if files.is_none() {
+                    // A restored machine reboots from its original files.
+                    files = Some(read_boot(&config.boot, ram_size)?);
+                }
+                let f = files.as_ref().expect("just read");
+                let (m, agent, transports) = build(f.boot())?;
                 machine = m;
+                state = state_of(&machine, transports);
+                vm.attach_state(state.clone(), args.snapshot_dir.clone());
                 target.set(machine.uart(), quit.clone());
                 vm.attach(machine.control(), agent);
             }

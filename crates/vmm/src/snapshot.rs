@@ -52,6 +52,24 @@ pub struct VmConfig {
     pub ram_size: u64,
     pub cmdline: String,
     pub virtio: VirtioArgs,
+    /// The control agent's virtio-console follows the user devices.
+    #[serde(default)]
+    pub agent_channel: bool,
+    /// Boot files, for a reboot of a restored machine.
+    #[serde(default)]
+    pub boot: BootPaths,
+    /// `--uuid` (shown to the guest), kept unless the restore gives one.
+    #[serde(default)]
+    pub uuid: Option<String>,
+}
+
+/// Where the boot images came from (`bare`: `--bios none` ELF in `kernel`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootPaths {
+    pub firmware: Option<std::path::PathBuf>,
+    pub kernel: Option<std::path::PathBuf>,
+    pub initrd: Option<std::path::PathBuf>,
+    pub bare: bool,
 }
 
 /// Everything but RAM.
@@ -235,7 +253,7 @@ pub fn encode(meta: &Meta, ram: &GuestMemoryMmap, out: &mut Vec<u8>) -> Result<(
         ram.read_slice(&mut buf[..n], GuestAddress(RAM_BASE + off))
             .map_err(|e| anyhow!("reading guest RAM at {:#x}: {e}", RAM_BASE + off))?;
         for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-            if page.iter().any(|&b| b != 0) {
+            if !is_zero(page) {
                 let p = off / PAGE as u64 + i as u64;
                 body[bitmap_at + (p / 8) as usize] |= 1 << (p % 8);
                 enc.write_all(page)?;
@@ -253,6 +271,12 @@ pub fn encode(meta: &Meta, ram: &GuestMemoryMmap, out: &mut Vec<u8>) -> Result<(
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&body);
     Ok((pages, stored))
+}
+
+/// Whole-page zero test; the OR over fixed 64-byte chunks vectorizes.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename).
@@ -731,6 +755,28 @@ impl Vm {
     }
 }
 
+/// Loads a parsed state file into a machine just built from its config
+/// (fresh RAM; not running). Transports are left paused: [`Vm::resume`].
+pub fn restore_machine(
+    sf: &StateFile<'_>,
+    m: &mut arch::riscv64::Machine,
+    transports: &[Arc<Mutex<MmioTransport>>],
+) -> Result<()> {
+    if sf.meta.virtio.len() != transports.len() {
+        bail!(
+            "the state has {} virtio devices, the rebuilt machine {}",
+            sf.meta.virtio.len(),
+            transports.len()
+        );
+    }
+    load_ram(sf, m.memory(), true)?;
+    m.restore_state(&sf.meta.machine).map_err(|e| anyhow!(e))?;
+    for (t, s) in transports.iter().zip(&sf.meta.virtio) {
+        lock(t).restore_state(s).map_err(|e| anyhow!(e))?;
+    }
+    Ok(())
+}
+
 /// A state can only go into a machine built the same way.
 pub fn check_config(saved: &VmConfig, ours: &VmConfig) -> Result<()> {
     if saved.cpus != ours.cpus || saved.ram_size != ours.ram_size {
@@ -742,7 +788,7 @@ pub fn check_config(saved: &VmConfig, ours: &VmConfig) -> Result<()> {
             ours.ram_size >> 20
         );
     }
-    if saved.virtio != ours.virtio {
+    if saved.virtio != ours.virtio || saved.agent_channel != ours.agent_channel {
         bail!("the state was taken with other devices (disks, NICs, rng, console)");
     }
     Ok(())
@@ -796,6 +842,9 @@ mod tests {
                 ram_size: 16 * MIB,
                 cmdline: "console=ttyS0".into(),
                 virtio: Default::default(),
+                agent_channel: false,
+                boot: Default::default(),
+                uuid: None,
             },
             date_sec: 1,
             machine: m.save_state(),
