@@ -288,10 +288,35 @@ impl Manager {
     }
 
     /// Moves `pid` (a whole process) into the cgroup in every hierarchy.
+    /// On v1 each write takes the cgroup threadgroup lock, whose first
+    /// writer waits for an RCU grace period; writing all hierarchies at once
+    /// lets them share one grace period instead of queueing.
     pub fn add_task(&self, pid: i32) -> Result<()> {
-        for (_, dir) in &self.dirs {
-            write(dir, "cgroup.procs", &pid.to_string())?;
+        let p = pid.to_string();
+        if self.dirs.len() == 1 {
+            return write(&self.dirs[0].1, "cgroup.procs", &p);
         }
+        std::thread::scope(|s| {
+            // Spawning fails after setns into another pid namespace (exec):
+            // then that hierarchy is written inline.
+            let hs: Vec<_> = self
+                .dirs
+                .iter()
+                .map(|(_, dir)| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, || write(dir, "cgroup.procs", &p))
+                        .map_err(|_| write(dir, "cgroup.procs", &p))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::Msg("cgroup writer panicked".into()))),
+                    Err(r) => r,
+                })
+                .collect::<Result<Vec<()>>>()
+        })?;
         Ok(())
     }
 

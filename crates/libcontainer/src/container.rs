@@ -395,7 +395,6 @@ fn wait_exec(chan: &Chan) -> Result<()> {
 pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     let c = create(o, StartVia::Chan)?;
     let pid = c.container.saved.pid;
-    c.chan.send(&Msg::Start)?;
     if let Err(e) = wait_exec(&c.chan) {
         let _ = sys::wait_exit(pid);
         let _ = c.container.cleanup();

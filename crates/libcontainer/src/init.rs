@@ -211,7 +211,8 @@ fn run(a: &InitArgs) -> Result<anyhow::Error> {
                 sys::read(fd, &mut b).context("waiting on exec.fifo")?;
                 sys::close(fd);
             }
-            None => expect(a.chan, &Msg::Start)?,
+            // `run`: create and start are one operation; no round trip.
+            None => {}
         }
         let ann = a.spec.annotations().clone().unwrap_or_default();
         let st = serde_json::to_vec(&crate::state::HookState {
