@@ -205,14 +205,11 @@ fn run(a: &InitArgs) -> Result<anyhow::Error> {
     }
     if !a.exec {
         a.chan.send(&Msg::Ready)?;
-        match fifo_fd {
-            Some(fd) => {
-                let mut b = [0u8; 1];
-                sys::read(fd, &mut b).context("waiting on exec.fifo")?;
-                sys::close(fd);
-            }
-            // `run`: create and start are one operation; no round trip.
-            None => {}
+        // `run` (no fifo): create and start are one operation, no round trip.
+        if let Some(fd) = fifo_fd {
+            let mut b = [0u8; 1];
+            sys::read(fd, &mut b).context("waiting on exec.fifo")?;
+            sys::close(fd);
         }
         let ann = a.spec.annotations().clone().unwrap_or_default();
         let st = serde_json::to_vec(&crate::state::HookState {
