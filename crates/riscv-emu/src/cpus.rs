@@ -14,6 +14,11 @@ use crate::{ExitReason, HtifConfig};
 pub const PAGE_CODE: u8 = 1;
 /// Page flag: the page holds HTIF `tohost` (stores must be inspected).
 pub const PAGE_HTIF: u8 = 2;
+/// Page flag: some hart may hold an LR reservation on the page (stores
+/// must break other harts' reservations on their granule).
+pub const PAGE_RESV: u8 = 4;
+/// LR/SC reservation granule (bytes, power of two): the aligned doubleword.
+pub const RESV_GRANULE: u64 = 8;
 
 pub const MIP_SSIP: u64 = 1 << 1;
 pub const MIP_MSIP: u64 = 1 << 3;
@@ -35,6 +40,9 @@ pub struct HartShared {
     /// pc and mode as of the last block-end service, for RISCV_EMU_TRACE.
     pub debug_pc: AtomicU64,
     pub debug_cause: AtomicU64,
+    /// Host address of the granule this hart's LR reserved, 0 when none;
+    /// other harts' stores to it reset it to 0 (the SC then fails).
+    pub resv: AtomicU64,
 }
 
 impl HartShared {
@@ -47,6 +55,7 @@ impl HartShared {
             cv: Condvar::new(),
             debug_pc: AtomicU64::new(0),
             debug_cause: AtomicU64::new(0),
+            resv: AtomicU64::new(0),
         }
     }
     /// Flags attention and wakes the hart if it sleeps in WFI.

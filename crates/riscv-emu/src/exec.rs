@@ -269,6 +269,7 @@ impl Hart {
         if f5 == 0x02 {
             // LR
             let h = self.amo_host(va, n, LOAD)?;
+            self.reserve(h);
             // SAFETY: amo_host returned an aligned address inside guest RAM.
             let v = unsafe {
                 if wide {
@@ -284,10 +285,13 @@ impl Hart {
                 v as u32 as i32 as i64 as u64
             };
         } else if f5 == 0x03 {
-            // SC: succeeds only against the reserved address and value.
+            // SC: succeeds only if no other hart stored to the granule since
+            // the LR (they reset it: store_hook) and, for stores racing with
+            // this one, the word still holds the value LR read.
             let h = self.amo_host(va, n, STORE)?;
+            let live = self.take_reservation(h);
             let ok = match self.reservation.take() {
-                Some((rh, rv, rn)) if rh == h && rn as u64 == n => {
+                Some((rh, rv, rn)) if live && rh == h && rn as u64 == n => {
                     // SAFETY: as for LR.
                     unsafe {
                         if wide {
@@ -309,7 +313,7 @@ impl Hart {
                 _ => false,
             };
             if ok {
-                self.store_hook(h);
+                self.store_hook(h, n);
             }
             result = (!ok) as u64;
         } else {
@@ -348,7 +352,7 @@ impl Hart {
                     }) as i32 as i64 as u64
                 }
             };
-            self.store_hook(h);
+            self.store_hook(h, n);
             result = old;
         }
         if rd != 0 {

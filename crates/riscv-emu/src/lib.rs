@@ -36,9 +36,11 @@
 //! Behaviour worth knowing: instructions are fetched from RAM only (a fetch
 //! elsewhere is an instruction access fault, so start harts directly at the
 //! firmware entry); misaligned loads/stores are done in hardware, misaligned
-//! AMO/LR/SC trap; SC succeeds when the reserved word still holds the value LR
-//! read; PMP is enforced when TLB entries are filled (module `pmp`); `pause` yields the host
-//! thread. Diagnostics: `RISCV_EMU_STATS=1` prints per-hart cache/TLB/trap
+//! AMO/LR/SC trap; an LR reserves its aligned doubleword, and another hart's
+//! store there (found through a page flag the store path already checks, so
+//! ordinary stores pay nothing) makes the SC fail, as does a changed value;
+//! PMP is enforced when TLB entries are filled (module `pmp`); `pause`
+//! yields the host thread. Diagnostics: `RISCV_EMU_STATS=1` prints per-hart cache/TLB/trap
 //! counters when a run ends, `RISCV_EMU_TRACE=SECS` prints every hart's pc
 //! (low bits: privilege) every SECS seconds.
 //!
@@ -371,6 +373,7 @@ impl Cpus {
             hs.ext.store(0, Ordering::SeqCst);
             hs.mtimecmp.store(u64::MAX, Ordering::SeqCst);
             hs.attention.store(false, Ordering::SeqCst);
+            hs.resv.store(0, Ordering::SeqCst);
         }
         for (i, f) in self.sh.page_flags.iter().enumerate() {
             if f.swap(0, Ordering::SeqCst) != 0 {

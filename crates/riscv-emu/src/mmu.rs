@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpus::{PAGE_CODE, PAGE_HTIF};
+use crate::cpus::{PAGE_CODE, PAGE_HTIF, PAGE_RESV, RESV_GRANULE};
 use crate::hart::Hart;
 use crate::pmp::PageVerdict;
 use crate::tlb::*;
@@ -62,7 +62,7 @@ macro_rules! fast_store {
                 // SAFETY: as for loads; store entries are only filled for
                 // writable, dirty RAM pages.
                 unsafe { (host as *mut $t).write_unaligned(v as $t) };
-                self.store_hook(host);
+                self.store_hook(host, N);
                 Ok(())
             } else {
                 self.store_slow(va, N, v)
@@ -314,7 +314,7 @@ impl Hart {
         if let Some(h) = self.sh.ram_host_addr(pa, n) {
             // SAFETY: [pa, pa+n) is in guest RAM.
             unsafe { write_host(h, n, v) };
-            self.store_hook(h);
+            self.store_hook(h, n);
             return Ok(());
         }
         let ok = if pa % n == 0 {
@@ -329,22 +329,24 @@ impl Hart {
         }
     }
 
-    /// After any RAM store: invalidate decoded code on the page, serve HTIF.
+    /// After any RAM store of `n` bytes at `host` (within one page):
+    /// invalidate decoded code on the page, serve HTIF, break other harts'
+    /// LR reservations. One relaxed flag load when the page is unflagged.
     #[inline(always)]
-    pub fn store_hook(&mut self, host: u64) {
+    pub fn store_hook(&mut self, host: u64, n: u64) {
         let page = (host.wrapping_sub(self.ram_host) >> 12) as usize;
         if page < self.ram_pages {
             // SAFETY: page_flags points at the Shared's flag array of ram_pages
             // entries, kept alive by self.sh; index checked just above.
             let f = unsafe { &*self.page_flags.add(page) };
             if f.load(Ordering::Relaxed) != 0 {
-                self.store_hook_slow(page, host);
+                self.store_hook_slow(page, host, n);
             }
         }
     }
 
     #[cold]
-    fn store_hook_slow(&mut self, page: usize, host: u64) {
+    fn store_hook_slow(&mut self, page: usize, host: u64, n: u64) {
         let sh = self.sh.clone();
         let flags = sh.page_flags[page].load(Ordering::SeqCst);
         if flags & PAGE_CODE != 0 {
@@ -352,10 +354,65 @@ impl Hart {
             sh.page_version[page].fetch_add(1, Ordering::SeqCst);
             self.stats[2] += 1;
         }
+        if flags & PAGE_RESV != 0 {
+            self.break_reservations(page, host, n);
+        }
         if flags & PAGE_HTIF != 0 {
             let pa = host - sh.ram_host + sh.ram_base;
             self.htif_store(pa);
         }
+    }
+
+    /// Resets other harts' reservations on the granules [host, host+n)
+    /// touches; clears the page's PAGE_RESV once no reservation is left on it.
+    fn break_reservations(&self, page: usize, host: u64, n: u64) {
+        let sh = &self.sh;
+        let first = host & !(RESV_GRANULE - 1);
+        let last = (host + n - 1) & !(RESV_GRANULE - 1);
+        let on_page = |r: u64| r != 0 && (r.wrapping_sub(self.ram_host) >> 12) as usize == page;
+        let mut left = false;
+        for (i, hs) in sh.harts.iter().enumerate() {
+            let r = hs.resv.load(Ordering::SeqCst);
+            if i != self.id && (r == first || r == last) {
+                let _ = hs
+                    .resv
+                    .compare_exchange(r, 0, Ordering::SeqCst, Ordering::SeqCst);
+            } else if on_page(r) {
+                left = true;
+            }
+        }
+        if !left {
+            // An LR publishes its reservation before setting the flag, so
+            // after clearing, a second look finds any that raced with us.
+            sh.page_flags[page].fetch_and(!PAGE_RESV, Ordering::SeqCst);
+            if sh
+                .harts
+                .iter()
+                .any(|hs| on_page(hs.resv.load(Ordering::SeqCst)))
+            {
+                sh.page_flags[page].fetch_or(PAGE_RESV, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// LR: reserve the granule at `host` (before the value is loaded).
+    pub fn reserve(&mut self, host: u64) {
+        let sh = &self.sh;
+        sh.harts[self.id]
+            .resv
+            .store(host & !(RESV_GRANULE - 1), Ordering::SeqCst);
+        let page = (host.wrapping_sub(self.ram_host) >> 12) as usize;
+        if let Some(f) = sh.page_flags.get(page) {
+            if f.load(Ordering::Relaxed) & PAGE_RESV == 0 {
+                f.fetch_or(PAGE_RESV, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// SC: consumes the reservation; true if it was still on `host`'s granule.
+    pub fn take_reservation(&mut self, host: u64) -> bool {
+        let g = host & !(RESV_GRANULE - 1);
+        self.sh.harts[self.id].resv.swap(0, Ordering::SeqCst) == g
     }
 
     /// Host address for an atomic access (`kind` LOAD for LR, else STORE);

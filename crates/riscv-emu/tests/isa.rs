@@ -87,3 +87,11 @@ fn sc_fails_after_remote_store() {
 fn pmp_enforcement() {
     pass("pmp", 1);
 }
+
+/// SC fails after another hart's store to the reserved granule even when it
+/// wrote the value LR read (ABA), and a store elsewhere on the page leaves
+/// the reservation alone.
+#[test]
+fn sc_fails_after_remote_store_of_the_same_value() {
+    pass("lrsc3", 2);
+}
