@@ -77,9 +77,9 @@ fn guest_reboot_restarts_the_machine_and_a_panic_exits_3() {
         r.output
     );
     r.send("echo c > /proc/sysrq-trigger\n");
-    let (code, out, [_, stderr]) = r.finish_split(deadline);
+    let (code, out, [stdout, stderr]) = r.finish_split(deadline);
     assert!(
-        out.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        stdout.contains("Kernel panic - not syncing: sysrq triggered crash"),
         "{out}"
     );
     assert!(stderr.contains("ferro: guest panicked"), "{stderr}");

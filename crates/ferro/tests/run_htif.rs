@@ -94,7 +94,11 @@ fn run_elf(elf: &std::path::Path) -> (i32, String) {
     let mut cmd = ferro();
     cmd.args(["run", "--arch", "riscv64", "--bios", "none", "--kernel"])
         .arg(elf);
-    Running::spawn(cmd, Stdio::null()).finish(Instant::now() + Duration::from_secs(60))
+    // stdout (guest console) and stderr (ferro's messages) apart: read by two
+    // threads, their bytes interleave arbitrarily in the merged output.
+    let (code, _, [out, err]) =
+        Running::spawn(cmd, Stdio::null()).finish_split(Instant::now() + Duration::from_secs(60));
+    (code, out + &err)
 }
 
 #[test]
