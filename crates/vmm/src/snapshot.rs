@@ -588,6 +588,11 @@ impl Vm {
                 let Some(d) = t.disk() else {
                     bail!("disk {path}: not reachable while paused");
                 };
+                if !d.can_snapshot() && !d.read_only() {
+                    // Its contents could not go back with the machine (QEMU's
+                    // savevm refuses such a disk too).
+                    bail!("disk {path} is writable but cannot hold internal snapshots (not qcow2)");
+                }
                 if d.can_snapshot() && d.snapshots().iter().any(|s| s.name == name) {
                     bail!("disk {path} already has an internal snapshot {name:?}");
                 }
@@ -892,6 +897,111 @@ mod tests {
         v[n - 5] ^= 1;
         assert!(matches!(err(&v), FormatError::Checksum { .. }));
         assert!(err(&v).to_string().contains("checksum"));
+    }
+
+    /// Snapshots on a running machine (two harts looping on WFI) with a
+    /// qcow2 disk: create/list/revert/delete, RAM goes back, name checks, and
+    /// a writable raw disk makes snapshot-create refuse.
+    #[test]
+    fn snapshots_on_a_running_machine() {
+        let d = tempfile::tempdir().unwrap();
+        let qcow = d.path().join("d.qcow2");
+        block::create(
+            &qcow,
+            &block::CreateOptions {
+                format: Some(block::Format::Qcow2),
+                size: Some(MIB),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let raw = d.path().join("r.raw");
+        std::fs::write(&raw, vec![0u8; MIB as usize]).unwrap();
+        let disk = |p: &Path| crate::virtio::DiskSpec::parse(p.to_str().unwrap()).unwrap();
+        let run = |disks: Vec<crate::virtio::DiskSpec>| {
+            let virtio = VirtioArgs {
+                disk: disks,
+                ..Default::default()
+            };
+            let mut b = MachineBuilder::new(MachineConfig {
+                harts: 2,
+                ram_size: 16 * MIB,
+                boot: Boot::Empty,
+                cmdline: String::new(),
+                console_out: Box::new(std::io::sink()),
+                htif_console: None,
+            })
+            .unwrap();
+            let t = crate::virtio::attach(&mut b, &virtio).unwrap();
+            let mut m = b.build().unwrap();
+            // wfi; j .-4 at the entry.
+            let code = [0x1050_0073u32, 0xffdf_f06f];
+            for (i, w) in code.iter().enumerate() {
+                m.memory()
+                    .write_obj(*w, GuestAddress(RAM_BASE + 4 * i as u64))
+                    .unwrap();
+            }
+            let config = VmConfig {
+                cpus: 2,
+                ram_size: 16 * MIB,
+                cmdline: String::new(),
+                virtio,
+                agent_channel: false,
+                boot: Default::default(),
+                uuid: None,
+            };
+            let vm = Vm::new(m.platform(), t, m.memory().clone(), config);
+            let ctl = m.control();
+            let h = std::thread::spawn(move || m.run());
+            (vm, ctl, h)
+        };
+        let snaps = d.path().join("snaps");
+
+        let (vm, ctl, h) = run(vec![disk(&qcow), disk(&raw)]);
+        let e = vm.snapshot_create(&snaps, "s").unwrap_err().to_string();
+        assert!(
+            e.contains("r.raw") && e.contains("cannot hold internal snapshots"),
+            "{e}"
+        );
+        assert!(!vm.is_paused(), "the run state comes back after a failure");
+        ctl.request_exit(riscv_emu::ExitReason::Stopped);
+        h.join().unwrap();
+
+        let (vm, ctl, h) = run(vec![disk(&qcow)]);
+        let mark = GuestAddress(RAM_BASE + 0x10_0000);
+        vm.ram.write_obj(0x1234u64, mark).unwrap();
+        let s = vm.snapshot_create(&snaps, "s1").unwrap();
+        assert_eq!(s.disks, vec![qcow.display().to_string()]);
+        assert!(!vm.is_paused());
+        for bad in ["", "../x", ".hidden", "a/b"] {
+            assert!(vm.snapshot_create(&snaps, bad).is_err(), "{bad:?}");
+        }
+        assert!(vm
+            .snapshot_create(&snaps, "s1")
+            .unwrap_err()
+            .to_string()
+            .contains("already exists"));
+        vm.ram.write_obj(0x5678u64, mark).unwrap();
+        vm.pause().unwrap();
+        vm.snapshot_revert(&snaps, "s1").unwrap();
+        assert!(vm.is_paused(), "revert keeps the run state");
+        assert_eq!(vm.ram.read_obj::<u64>(mark).unwrap(), 0x1234);
+        vm.resume().unwrap();
+        let l = vm.snapshot_list(&snaps).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].name.as_str(), l[0].disks.len()), ("s1", 1));
+        assert!(vm
+            .snapshot_revert(&snaps, "nope")
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        vm.snapshot_delete(&snaps, "s1").unwrap();
+        assert!(vm.snapshot_list(&snaps).unwrap().is_empty());
+        assert!(vm.snapshot_delete(&snaps, "s1").is_err());
+        ctl.request_exit(riscv_emu::ExitReason::Stopped);
+        h.join().unwrap();
+        let img = block::open(&qcow, &Default::default()).unwrap();
+        assert!(img.snapshots().is_empty(), "the disk snapshot went too");
     }
 
     /// The fuzz target's body over a few mutations (cargo fuzz needs nightly).
