@@ -398,7 +398,8 @@ fn run_ps_logs_exec_stop_rm() {
     loop {
         let o = e.run(&["logs", "t1"]);
         let s = String::from_utf8_lossy(&o.stdout).into_owned();
-        if s.contains("/work") {
+        // stdout and stderr are pumped by separate threads: wait for both.
+        if s.contains("/work") && !o.stderr.is_empty() {
             assert_eq!(s, "out\nbar\n/work\n");
             assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
             break;
@@ -533,6 +534,10 @@ fn run_ps_logs_exec_stop_rm() {
     });
     assert_eq!(v["State"]["ExitCode"], 1);
     assert_eq!(e.ok(&["logs", "rs"]), "try\ntry\ntry\n");
+    // logs -f follows until the container exits.
+    e.ok(&["run", "-d", "--name", "fl", "--network", "none", "busybox", "sh", "-c", "echo a; sleep 1; echo b"]);
+    assert_eq!(e.ok(&["logs", "-f", "fl"]), "a\nb\n");
+    assert_eq!(e.inspect("fl")["State"]["Status"], "exited");
     // Bad input gets clear errors.
     let o = e.run(&["run", "--rm", "nosuchimage:1"]);
     assert!(!o.status.success());
