@@ -535,7 +535,18 @@ fn run_ps_logs_exec_stop_rm() {
     assert_eq!(v["State"]["ExitCode"], 1);
     assert_eq!(e.ok(&["logs", "rs"]), "try\ntry\ntry\n");
     // logs -f follows until the container exits.
-    e.ok(&["run", "-d", "--name", "fl", "--network", "none", "busybox", "sh", "-c", "echo a; sleep 1; echo b"]);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fl",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo a; sleep 1; echo b",
+    ]);
     assert_eq!(e.ok(&["logs", "-f", "fl"]), "a\nb\n");
     assert_eq!(e.inspect("fl")["State"]["Status"], "exited");
     // Bad input gets clear errors.
