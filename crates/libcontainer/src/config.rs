@@ -86,6 +86,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
         .linux()
         .as_ref()
         .context("config.json has no linux section")?;
+    libcgroups::cgroup_path(linux.cgroups_path().as_deref(), "x")?;
     let mut seen = HashSet::new();
     let mut has_user = false;
     let mut user_joined = false;

@@ -42,6 +42,8 @@ enum StartVia {
 pub struct Created {
     pub container: Container,
     chan: Chan,
+    /// Our end of the console socket when we proxy the terminal ourselves.
+    tty: Option<std::os::unix::net::UnixStream>,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
@@ -123,7 +125,7 @@ fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
     std::fs::rename(&tmp, p).with_context(|| format!("writing pid file {}", p.display()))
 }
 
-fn create(o: &CreateOpts, via: StartVia) -> Result<Created> {
+fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
     crate::config::validate_id(&o.id)?;
     let bundle = std::path::absolute(&o.bundle).context("bundle path")?;
     let spec = crate::config::load(&bundle)?;
@@ -133,11 +135,18 @@ fn create(o: &CreateOpts, via: StartVia) -> Result<Created> {
         .context("config.json has no process to run")?;
     let rootfs = crate::config::rootfs_path(&spec, &bundle)?;
     let linux = spec.linux().clone().unwrap_or_default();
+    let mut tty_local = None;
     let console = match (process.terminal() == Some(true), &o.console_socket) {
         (true, Some(p)) => Some(
             std::os::unix::net::UnixStream::connect(p)
                 .with_context(|| format!("connecting to console socket {}", p.display()))?,
         ),
+        (true, None) if foreground => {
+            // Foreground `run` with a terminal: we are the console socket.
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            tty_local = Some(ours);
+            Some(theirs)
+        }
         (true, None) => {
             bail!("cannot allocate a terminal without --console-socket (process.terminal is true)")
         }
@@ -331,6 +340,7 @@ fn create(o: &CreateOpts, via: StartVia) -> Result<Created> {
             saved,
         },
         chan: parent,
+        tty: tty_local,
     })
 }
 
@@ -351,7 +361,7 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
 
 /// `create`: the container waits in `created` state for `start`.
 pub fn create_container(o: &CreateOpts) -> Result<Container> {
-    Ok(create(o, StartVia::Fifo)?.container)
+    Ok(create(o, StartVia::Fifo, false)?.container)
 }
 
 static FWD_PID: AtomicI32 = AtomicI32::new(0);
@@ -393,7 +403,7 @@ fn wait_exec(chan: &Chan) -> Result<()> {
 /// `run`: create, start and (unless `detach`) wait; returns the exit code
 /// (128+signal when killed) after deleting the container (unless `keep`).
 pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
-    let c = create(o, StartVia::Chan)?;
+    let c = create(o, StartVia::Chan, !detach)?;
     let pid = c.container.saved.pid;
     if let Err(e) = wait_exec(&c.chan) {
         let _ = sys::wait_exit(pid);
@@ -405,6 +415,9 @@ pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
         return Ok(0);
     }
     forward_signals(pid);
+    if let Some(t) = &c.tty {
+        tty_proxy(t)?;
+    }
     let code = sys::wait_exit(pid).context("waiting for the container")?;
     FWD_PID.store(0, Ordering::Relaxed);
     if let Ok(m) = libcgroups::Manager::new(&c.container.saved.cgroup_path) {
@@ -592,11 +605,17 @@ impl Container {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             bail!("exec needs a command");
         }
+        let mut tty_local = None;
         let console = match (process.terminal() == Some(true), console_socket) {
             (true, Some(p)) => Some(
                 std::os::unix::net::UnixStream::connect(p)
                     .with_context(|| format!("connecting to console socket {}", p.display()))?,
             ),
+            (true, None) if !detach => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+                tty_local = Some(ours);
+                Some(theirs)
+            }
             (true, None) => bail!("cannot allocate a terminal without --console-socket"),
             (false, _) => None,
         };
@@ -686,6 +705,9 @@ impl Container {
             return Ok(0);
         }
         forward_signals(pid);
+        if let Some(t) = &tty_local {
+            tty_proxy(t)?;
+        }
         let code = sys::wait_exit(pid)?;
         FWD_PID.store(0, Ordering::Relaxed);
         Ok(code)
@@ -708,4 +730,85 @@ pub fn list(root: &Path) -> Result<Vec<Container>> {
     }
     out.sort_by(|a, b| a.saved.id.cmp(&b.saved.id));
     Ok(out)
+}
+
+/// Restores the terminal mode saved when the proxy put stdin in raw mode.
+struct RawMode(Option<libc::termios>);
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restoring attributes we read from fd 0 earlier.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// Foreground terminal: receives the pty master the container init sent
+/// over our console socket and copies stdin → pty → stdout until the
+/// container side closes (what runc does for `run`/`exec -t` without
+/// --console-socket).
+fn tty_proxy(sock: &std::os::unix::net::UnixStream) -> Result<()> {
+    let (master, _) = sys::recv_fd(sock.as_raw_fd()).context("receiving the pty master")?;
+    // SAFETY: termios/winsize calls on fd 0 and the master we own; the
+    // structs are zeroed out-params.
+    let raw = unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master, libc::TIOCSWINSZ, &ws);
+        }
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 {
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawMode(Some(saved))
+        } else {
+            RawMode(None)
+        }
+    };
+    let mut stdin_open = true;
+    let mut buf = [0u8; 8192];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: master,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: fds is a valid array of two pollfds.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds[0].revents != 0 {
+            match sys::read(master, &mut buf) {
+                Ok(n) if n > 0 => {
+                    if sys::write_all(1, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                _ => break, // EIO: every slave fd is closed
+            }
+        }
+        if stdin_open && fds[1].revents != 0 {
+            match sys::read(0, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let _ = sys::write_all(master, &buf[..n]);
+                }
+                _ => stdin_open = false,
+            }
+        }
+    }
+    drop(raw);
+    sys::close(master);
+    Ok(())
 }

@@ -23,6 +23,7 @@ pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod container;
+pub mod fuzzing;
 pub mod hooks;
 pub mod init;
 pub mod rootfs;

@@ -722,3 +722,15 @@ fn features_and_spec_output() {
         .status
         .success());
 }
+
+#[test]
+fn foreground_terminal_is_proxied_like_runc() {
+    let b = Bundle::new(&["sh", "-c", "tty; echo on-pty; exit 4"]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let (code, out, err) = Rt::ferro().run(&b);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("on-pty"),
+        "{out}"
+    );
+}
