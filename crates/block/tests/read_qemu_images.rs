@@ -44,16 +44,6 @@ fn ours(img: &Path) -> Vec<u8> {
     read_all(&mut i)
 }
 
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let k = format!("\"{key}\":");
-    let at = json.find(&k)? + k.len();
-    let rest = json[at..].trim_start();
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 /// Our check is clean and agrees with qemu-img's counts.
 fn check_agrees(img: &Path) {
     let mut i = Image::open(

@@ -41,10 +41,6 @@ fn qcow2_from_raw(opts: &str, compress: bool, size: u64) {
     info_agrees(&img);
 }
 
-fn json(o: &std::process::Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(o)))
-}
-
 /// `ferro img info --output=json` vs qemu-img's on the fields users script.
 fn info_agrees(img: &str) {
     let f = json(&ok(ferro(&["info", "--output=json", img])));

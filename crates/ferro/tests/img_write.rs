@@ -5,13 +5,8 @@
 mod img_util;
 
 use img_util::*;
-use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-fn json(o: &std::process::Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(o)))
-}
 
 /// `ferro img create` prints qemu-img's "Formatting" line and makes an image
 /// qemu-img sees with the same settings as one qemu-img creates.

@@ -3,8 +3,9 @@
 //! random offsets; a large step makes a scattered pattern). With `-t none`
 //! and `-d N`, N worker threads keep up to N requests in flight through
 //! `block::SharedImage` (data of mapped clusters moves outside the engine's
-//! lock, like qemu's thread pool). Without O_DIRECT one thread runs the
-//! requests back to back: they are page-cache copies with no latency to hide.
+//! lock, like qemu's thread pool). Without O_DIRECT, reads run back to back
+//! on one thread (page-cache copies, no latency to hide) and writes on up
+//! to 8 threads (the kernel's dirty-page throttling is per thread).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,14 +190,22 @@ fn req_offset(bp: &BenchParams, size: u64, i: u64) -> u64 {
     ((bp.offset as u128 + i as u128 * bp.step as u128) % size as u128) as u64
 }
 
+/// Writer threads for buffered (`-t writeback`) write benchmarks.
+const PAGE_CACHE_WRITERS: u64 = 8;
+
 /// Runs the requests; returns the elapsed seconds.
 pub fn run_bench(mut img: Image, bp: &BenchParams) -> Result<f64, String> {
     let size = img.size();
     let err = |e: block::Error| format!("Failed request: {}", block_text(&e));
-    // Without O_DIRECT every request is served from the host page cache: a
-    // tight loop on one thread beats a pool (2 cores, no I/O latency to hide).
+    // Without O_DIRECT, reads are served from the host page cache: a tight
+    // loop on one thread beats a pool (2 cores, no I/O latency to hide).
+    // Buffered writes still go to a pool: the kernel throttles each writing
+    // thread on dirty pages, so one thread alone waits far longer than
+    // qemu's thread pool does.
     let threads = if bp.direct {
         bp.depth.min(64) as usize
+    } else if bp.write {
+        bp.depth.min(PAGE_CACHE_WRITERS) as usize
     } else {
         1
     };

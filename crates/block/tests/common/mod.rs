@@ -1,67 +1,36 @@
 //! Shared helpers for the block crate's integration tests: running
-//! qemu-img (a hard requirement: missing means failure, never a skip) and a
-//! seeded random workload checked against an in-memory reference.
+//! qemu-img (a hard requirement: missing means failure, never a skip; the
+//! runners come from `crates/ferro/tests/img_util/qemu.rs`, shared with the
+//! `ferro img` tests) and a seeded random workload checked against an
+//! in-memory reference.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use block::{BlockBackend, Image, OpenOptions};
 use rand::{Rng, SeedableRng};
 
-pub fn qemu_img(args: &[&str]) -> std::process::Output {
-    match Command::new("qemu-img").args(args).output() {
-        Ok(o) => o,
-        Err(e) => panic!(
-            "qemu-img is required for these tests (scripts/deps test installs qemu-utils): {e}"
-        ),
-    }
-}
-
-/// Runs qemu-img and asserts success.
-pub fn qemu_img_ok(args: &[&str]) -> String {
-    let o = qemu_img(args);
-    assert!(
-        o.status.success(),
-        "qemu-img {:?} failed ({}): {}{}",
-        args,
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+// qemu-img/qemu-io runners, shared with the `ferro img` tests.
+#[path = "../../../ferro/tests/img_util/qemu.rs"]
+mod qemu;
+pub use qemu::*;
 
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 /// `qemu-img check` must exit 0 (no corruption, no leaks).
+#[track_caller]
 pub fn assert_qemu_check_clean(path: &Path) {
-    let o = qemu_img(&["check", p(path)]);
-    assert!(
-        o.status.code() == Some(0),
-        "qemu-img check {} exited {:?}:\n{}{}",
-        path.display(),
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_qemu_clean(p(path));
 }
 
 /// `qemu-img compare` of an image against raw bytes.
+#[track_caller]
 pub fn assert_qemu_equal(dir: &Path, img: &Path, reference: &[u8]) {
     let raw = dir.join("reference.raw");
     std::fs::write(&raw, reference).unwrap();
-    let o = qemu_img(&["compare", "-f", "raw", p(&raw), p(img)]);
-    assert!(
-        o.status.code() == Some(0),
-        "qemu-img compare reference vs {} exited {:?}: {}{}",
-        img.display(),
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_qemu_compare(&["-f", "raw", p(&raw), p(img)]);
 }
 
 pub fn read_all(img: &mut dyn BlockBackend) -> Vec<u8> {

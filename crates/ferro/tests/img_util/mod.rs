@@ -1,10 +1,14 @@
 //! Shared helpers for the `ferro img` integration tests: run ferro and
-//! qemu-img (which must be installed: `scripts/deps test` does it), make
-//! deterministic test data, read images back as raw bytes.
+//! qemu-img (which must be installed: `scripts/deps test` does it; the
+//! qemu helpers live in `qemu.rs`, shared with the block crate's tests),
+//! make deterministic test data, read images back as raw bytes.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+mod qemu;
+pub use qemu::*;
 
 pub fn ferro_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferro")
@@ -17,25 +21,6 @@ pub fn ferro(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run ferro")
-}
-
-fn tool(name: &str) -> Command {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not installed: run scripts/deps test (installs qemu-utils)"
-    );
-    Command::new(name)
-}
-
-pub fn qemu_img(args: &[&str]) -> Output {
-    tool("qemu-img").args(args).output().expect("run qemu-img")
-}
-
-pub fn qemu_io(args: &[&str]) -> Output {
-    tool("qemu-io").args(args).output().expect("run qemu-io")
 }
 
 /// Panics with both streams unless the command exited 0.
@@ -167,32 +152,17 @@ pub fn assert_same(what: &str, a: &[u8], b: &[u8]) {
     }
 }
 
-/// `qemu-img check` exit code.
-pub fn qemu_check(img: &str) -> (i32, String) {
-    let o = qemu_img(&["check", img]);
-    (code(&o), format!("{}{}", stdout(&o), stderr(&o)))
-}
-
-/// Asserts `qemu-img check` finds the image clean (exit 0).
-#[track_caller]
-pub fn assert_qemu_clean(img: &str) {
-    let (c, text) = qemu_check(img);
-    assert_eq!(c, 0, "qemu-img check {img}:\n{text}");
-}
-
 /// Asserts `qemu-img compare` says identical.
 #[track_caller]
 pub fn assert_qemu_identical(a: &str, b: &str) {
-    let o = qemu_img(&["compare", a, b]);
-    assert_eq!(
-        code(&o),
-        0,
-        "qemu-img compare {a} {b}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_qemu_compare(&[a, b]);
 }
 
 pub fn path_buf(s: &str) -> PathBuf {
     PathBuf::from(s)
+}
+
+/// A command's stdout parsed as JSON.
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(o)))
 }
