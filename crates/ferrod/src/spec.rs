@@ -483,7 +483,8 @@ impl VmSpec {
         push("--console-socket", &paths.console);
         push("--serial-log", &paths.serial_log);
         push("--status-file", &paths.status);
-        push("--snapshot-dir", &paths.snapshots);
+        // `--snapshot-dir` (docs/CONTROL.md) is not in `ferro run` yet;
+        // the VMM keeps snapshot state in its default place until it is.
         a
     }
 }
@@ -517,9 +518,61 @@ impl RunPaths {
     }
 }
 
+/// The fuzz target's body (fuzz/fuzz_targets/vm_definition.rs): any bytes
+/// through the parser; whatever parses and validates must translate, render
+/// and parse back to the same definition.
+pub fn fuzz_definition(data: &[u8]) {
+    let Ok(mut s) = parse(data) else { return };
+    if s.validate().is_err() {
+        return;
+    }
+    s.normalize(None);
+    s.validate()
+        .expect("normalize keeps a valid definition valid");
+    let paths = RunPaths::new(Path::new("/r"), Path::new("/v"));
+    let _ = s.run_args(&paths);
+    let j = serde_json::to_vec(&s).expect("serializes");
+    assert_eq!(from_json(&j).expect("JSON round trip"), s);
+    assert_eq!(from_toml(&s.to_toml()).expect("TOML round trip"), s);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fuzz target's body over a small corpus and seeded mutations of it.
+    #[test]
+    fn fuzz_body_over_a_corpus() {
+        use rand::{Rng, SeedableRng};
+        let corpus: Vec<Vec<u8>> = vec![
+            FULL.as_bytes().to_vec(),
+            b"name = \"a\"\n".to_vec(),
+            br#"{"name":"b","nics":[{"tap":"t"}],"restart":"always"}"#.to_vec(),
+            b"name = \"c\"\n[[disks]]\npath = \"/x,y\"\nreadonly = true\n".to_vec(),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for c in &corpus {
+            fuzz_definition(c);
+            for _ in 0..300 {
+                let mut m = c.clone();
+                const BYTES: &[u8] = b"\"=[]{},:\n0aZ";
+                for _ in 0..rng.gen_range(1..4) {
+                    if m.is_empty() {
+                        break;
+                    }
+                    let i = rng.gen_range(0..m.len());
+                    match rng.gen_range(0..3) {
+                        0 => m[i] = rng.gen(),
+                        1 => {
+                            m.remove(i);
+                        }
+                        _ => m.insert(i, BYTES[rng.gen_range(0..BYTES.len())]),
+                    }
+                }
+                fuzz_definition(&m);
+            }
+        }
+    }
 
     const FULL: &str = r#"
 name = "web-1"
@@ -735,6 +788,22 @@ tap = "tap7"
         assert_eq!(nets[0].mac, Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
         assert_eq!(nets[1].backend, vmm::virtio::NetBackend::Tap("tap7".into()));
         assert!(nets[1].mac.is_some());
+        // `ferro run` itself accepts the whole command line.
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: vmm::RunArgs,
+        }
+        let w = <Wrap as clap::Parser>::try_parse_from(
+            std::iter::once(std::ffi::OsString::from("run")).chain(args.iter().cloned()),
+        )
+        .unwrap_or_else(|e| panic!("ferro run rejects {strs:?}: {e}"));
+        assert_eq!(w.a.cpus, 2);
+        assert_eq!(
+            w.a.control.as_deref(),
+            Some(Path::new("/run/f/x/control.sock"))
+        );
+        assert_eq!(w.a.virtio.disk.len(), 2);
         // The default guest: no boot files at all.
         let mut d = from_toml("name=\"d\"\n").unwrap();
         d.normalize(None);
