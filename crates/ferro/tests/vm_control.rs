@@ -88,21 +88,24 @@ impl Con {
         }
         true
     }
-    /// Runs a shell command; returns the output between two markers.
+    /// Runs a shell command; returns its output (between two markers).
     fn sh(&mut self, cmd: &str, deadline: Instant) -> String {
         self.out.clear();
-        // The marker is split so the echoed command line does not match.
+        // Markers are split so the echoed command line does not match.
         self.s
-            .write_all(format!("{cmd}; echo \"<<\"'END'\n").as_bytes())
+            .write_all(format!("echo \"<<\"'BEGIN'; {cmd}; echo \"<<\"'END'\n").as_bytes())
             .unwrap();
         assert!(
             self.wait_for("<<END", deadline),
             "no output for {cmd:?}:\n{}",
             self.out
         );
-        let end = self.out.find("<<END").unwrap();
-        let start = self.out.find('\n').map_or(0, |i| i + 1).min(end);
-        self.out[start..end].replace('\r', "")
+        let start = self.out.find("<<BEGIN").expect("begin marker") + "<<BEGIN".len();
+        let end = self.out.rfind("<<END").unwrap();
+        self.out[start..end]
+            .replace('\r', "")
+            .trim_start_matches('\n')
+            .to_string()
     }
 }
 
@@ -300,4 +303,45 @@ fn sigterm_flushes_qcow2() {
         at == want.as_bytes(),
         "the data written before SIGTERM is missing"
     );
+}
+
+#[test]
+fn host_errors_and_bad_flags() {
+    let dir = tempdir();
+    let st = dir.path().join("status.json");
+    let out = ferro()
+        .args(["run", "--disk", "/nonexistent/x.qcow2", "--status-file"])
+        .arg(&st)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s = status_file(&st);
+    assert_eq!(s["exit_code"], 1);
+    assert_eq!(s["reason"], "error");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/x.qcow2"),
+        "{s}"
+    );
+    let out = ferro()
+        .args(["run", "--uuid", "not-a-uuid"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--uuid"));
+    // A regular file where the control socket should go is not clobbered.
+    let f = dir.path().join("ctl");
+    std::fs::write(&f, b"keep").unwrap();
+    let out = ferro()
+        .args(["run", "--control"])
+        .arg(&f)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&f).unwrap(), b"keep");
 }

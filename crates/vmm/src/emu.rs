@@ -132,6 +132,17 @@ impl EmuVm {
         self.powerdown.store(false, Ordering::SeqCst);
     }
 
+    /// Lets go of the current machine (its state handle holds the virtio
+    /// transports, hence the disks): call before dropping the machine, so
+    /// that the disks are flushed and closed then, at exit or before a
+    /// reboot reopens them.
+    pub fn detach(&self) {
+        let mut c = self.lock();
+        c.state = None;
+        c.control = None;
+        c.agent = None;
+    }
+
     /// Whether `quit` (command, signal) was asked for.
     pub fn quit_requested(&self) -> bool {
         self.quit.load(Ordering::SeqCst)

@@ -541,6 +541,7 @@ pub fn run_vm(args: RunArgs) -> Result<Outcome> {
             }
             ExitReason::Reset => {
                 // Release disks and TAPs before the new machine reopens them.
+                vm.detach();
                 drop(machine);
                 drop(state);
                 if files.is_none() {
@@ -568,7 +569,10 @@ pub fn run_vm(args: RunArgs) -> Result<Outcome> {
             ExitReason::Error(e) => break Err(anyhow::anyhow!("emulation error: {e}")),
         }
     };
-    // Disks are flushed and closed here, before the status file is written.
+    // Disks are flushed and closed here, before the status file is written
+    // (every holder of the virtio transports lets go first).
+    vm.detach();
+    drop(state);
     drop(machine);
     if args.stats {
         let secs = start.elapsed().as_secs_f64();
