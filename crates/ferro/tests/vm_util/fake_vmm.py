@@ -29,7 +29,7 @@ hooks = dict(h.split("=", 1) if "=" in h else (h, "") for h in (one("append", ""
 status_file = one("status-file")
 lock = threading.Lock()
 state = {"run": "paused" if "paused" in flags else "running"}
-snapdir = one("snapshot-dir")
+snapdir = one("snapshot-dir") or os.path.dirname(one("control"))
 
 def finish(code, reason, message=""):
     with lock:
