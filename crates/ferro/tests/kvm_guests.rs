@@ -146,7 +146,166 @@ fn triple_fault_is_a_crash() {
     assert!(stdout(&o).contains("TRIPLE"));
     assert_eq!(o.status.code(), Some(3), "docs/CONTROL.md: a crash exits 3");
     let e = stderr(&o);
-    assert!(e.contains("triple fault on vCPU 0"), "{e}");
+    assert!(e.contains("guest crashed: triple fault on vCPU 0"), "{e}");
+}
+
+#[test]
+fn kvm_internal_error_is_a_crash() {
+    let o = run(&guests().elf64, &["--append", "test=internal"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("INTERNAL") && !out.contains("NOT-REACHED"),
+        "{out}"
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("guest crashed: KVM stopped vCPU 0: KVM internal error (suberror 1: instruction emulation failed)"),
+        "{e}"
+    );
+    // Where it happened: the registers.
+    assert!(e.contains("rip=0x"), "{e}");
+}
+
+/// The guest finds the RSDP, checks every table's checksum, counts the
+/// MADT's CPUs and powers off with the sleep type it reads from the DSDT's
+/// `\_S5` (the tables themselves are checked with `iasl -d` in arch).
+#[test]
+fn acpi_tables_and_s5_poweroff() {
+    let o = run(&guests().pvh, &["--cpus", "3", "--append", "test=acpi"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert_eq!(line(&out, "ACPI-CPUS="), "3");
+    assert_eq!(line(&out, "ACPI-SCI="), "12");
+    assert_eq!(line(&out, "ACPI-S5="), "5 PM1A_CNT=0x0000000000000604");
+    assert!(
+        !out.contains("DONE"),
+        "powered off through S5, not the bare port: {out}"
+    );
+}
+
+/// Per-thread seccomp filters are on by default (vCPU threads one filter,
+/// the main and console threads another) and off with `--seccomp off`.
+#[test]
+fn seccomp_filters_every_thread_unless_off() {
+    for (flag, want) in [("on", true), ("off", false)] {
+        let mut child = ferro()
+            .args(["run", "--arch", "x86_64", "--memory", "64M", "--cpus", "2"])
+            .args(["--seccomp", flag, "--append", "test=idle", "--kernel"])
+            .arg(&guests().pvh)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("IDLE") {
+            let n = std::io::Read::read(&mut out, &mut b).unwrap();
+            assert!(
+                n > 0,
+                "guest output ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend(&b[..n]);
+        }
+        let task = format!("/proc/{}/task", child.id());
+        let mut threads = Vec::new();
+        for t in std::fs::read_dir(&task).unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            threads.push((comm.trim().to_string(), mode));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
+        assert!(
+            names.contains(&"vcpu0") && names.contains(&"vcpu1"),
+            "{threads:?}"
+        );
+        for (name, mode) in &threads {
+            // 2 = SECCOMP_MODE_FILTER.
+            assert_eq!(
+                mode == "2",
+                want,
+                "--seccomp {flag}: thread {name}: {threads:?}"
+            );
+        }
+    }
+}
+
+/// `--control` on KVM: status, pause/resume, and `powerdown` pressing the
+/// ACPI power button; the guest (polling PM1_STS) then writes the DSDT's S5
+/// and ferro exits 0 with reason `poweroff` in the status file.
+#[test]
+fn control_socket_pause_resume_and_powerdown() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl");
+    let status = dir.path().join("status.json");
+    let mut child = ferro()
+        .args([
+            "run", "--arch", "x86_64", "--memory", "64M", "--name", "kvmtest",
+        ])
+        .arg("--control")
+        .arg(&sock)
+        .arg("--status-file")
+        .arg(&status)
+        .args(["--append", "test=powerbtn", "--kernel"])
+        .arg(&guests().pvh)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut b = [0u8; 256];
+    let mut read_until = |want: &str, seen: &mut Vec<u8>| {
+        while !String::from_utf8_lossy(seen).contains(want) {
+            let n = out.read(&mut b).unwrap();
+            assert!(n > 0, "no {want}: {}", String::from_utf8_lossy(seen));
+            seen.extend(&b[..n]);
+        }
+    };
+    read_until("PWRBTN-ARMED", &mut seen);
+    let c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut w = c;
+    let mut req = |line: &str| -> String {
+        writeln!(w, "{line}").unwrap();
+        let mut resp = String::new();
+        r.read_line(&mut resp).unwrap();
+        resp
+    };
+    let st = req(r#"{"cmd":"status"}"#);
+    assert!(
+        st.contains(r#""state":"running""#) && st.contains(r#""arch":"x86_64""#),
+        "{st}"
+    );
+    assert!(st.contains(r#""name":"kvmtest""#), "{st}");
+    assert_eq!(req(r#"{"cmd":"pause"}"#).trim(), r#"{"ok":true}"#);
+    assert!(req(r#"{"cmd":"status"}"#).contains(r#""state":"paused""#));
+    assert_eq!(req(r#"{"cmd":"resume"}"#).trim(), r#"{"ok":true}"#);
+    let pd = req(r#"{"cmd":"powerdown","id":7}"#);
+    assert!(
+        pd.contains(r#""delivered":true"#) && pd.contains(r#""id":7"#),
+        "{pd}"
+    );
+    read_until("ACPI-S5=5", &mut seen);
+    let code = child.wait().unwrap().code();
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("PWRBTN-PRESSED"), "{text}");
+    assert_eq!(code, Some(0), "{text}");
+    let st = std::fs::read_to_string(&status).unwrap();
+    assert!(st.contains(r#""reason":"poweroff""#), "{st}");
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //!
 //! Dependencies: `kvm-ioctls`/`kvm-bindings` (rust-vmm's safe KVM wrappers),
 //! `vmm-sys-util` (signals to kick vCPU threads out of KVM_RUN), `vm-memory`
-//! (the guest RAM shared with devices).
+//! (the guest RAM shared with devices), `seccompiler` (rust-vmm's
+//! seccomp-bpf compiler, as Firecracker uses, for the per-thread filters).
 
 pub mod kvm;
 pub mod runner;
+pub mod seccomp;
 
 use std::sync::Arc;
 

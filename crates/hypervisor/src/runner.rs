@@ -26,7 +26,14 @@ pub enum VmExit {
     TripleFault {
         vcpu: u32,
     },
-    /// KVM could not run `vcpu` (internal error, failed entry, bad exit).
+    /// The guest state made KVM give up on `vcpu` (internal error such as
+    /// an instruction it cannot emulate, failed VM entry): a guest crash.
+    Crashed {
+        vcpu: u32,
+        message: String,
+    },
+    /// The host side failed on `vcpu` (KVM_RUN error, an exit this VMM
+    /// does not handle).
     Error {
         vcpu: u32,
         message: String,
@@ -164,6 +171,10 @@ impl Running {
     }
 }
 
+/// Runs first on each vCPU thread (e.g. installs its seccomp filter); an
+/// error ends the VM before the vCPU runs.
+pub type ThreadInit = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Starts one thread per vCPU. Port accesses go to `pio`, MMIO to `mmio`;
 /// unclaimed reads return all-ones, unclaimed writes are dropped.
 pub fn start(
@@ -171,6 +182,17 @@ pub fn start(
     vcpus: Vec<Box<dyn Vcpu>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+) -> std::io::Result<Running> {
+    start_with(control, vcpus, pio, mmio, None)
+}
+
+/// [`start`], with `init` run on each vCPU thread before its first entry.
+pub fn start_with(
+    control: Arc<VmControl>,
+    vcpus: Vec<Box<dyn Vcpu>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    init: Option<ThreadInit>,
 ) -> std::io::Result<Running> {
     crate::kvm::install_kick_handler()?;
     if control.lock().threads.len() != vcpus.len() {
@@ -181,10 +203,11 @@ pub fn start(
     let mut threads = Vec::new();
     for (i, vcpu) in vcpus.into_iter().enumerate() {
         let (ctl, pio, mmio) = (control.clone(), pio.clone(), mmio.clone());
+        let init = init.clone();
         control.lock().live += 1;
         let t = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu_thread(i, vcpu, &ctl, &pio, &mmio));
+            .spawn(move || vcpu_thread(i, vcpu, &ctl, &pio, &mmio, init));
         match t {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -198,8 +221,25 @@ pub fn start(
     Ok(Running { control, threads })
 }
 
-fn vcpu_thread(i: usize, mut vcpu: Box<dyn Vcpu>, ctl: &VmControl, pio: &Bus, mmio: &Bus) {
+fn vcpu_thread(
+    i: usize,
+    mut vcpu: Box<dyn Vcpu>,
+    ctl: &VmControl,
+    pio: &Bus,
+    mmio: &Bus,
+    init: Option<ThreadInit>,
+) {
     vcpu.bind_thread();
+    if let Some(Err(e)) = init.map(|f| f()) {
+        ctl.request_exit(VmExit::Error {
+            vcpu: vcpu.id(),
+            message: e,
+        });
+        let mut st = ctl.lock();
+        st.live -= 1;
+        ctl.cv.notify_all();
+        return;
+    }
     {
         let mut st = ctl.lock();
         // SAFETY: pthread_self has no preconditions.
@@ -279,7 +319,7 @@ fn vcpu_thread(i: usize, mut vcpu: Box<dyn Vcpu>, ctl: &VmControl, pio: &Bus, mm
             Exit::Failed(m) => {
                 // Where the guest was helps tell a guest bug from a host limit.
                 let message = format!("{m}; {}", vcpu.describe());
-                ctl.request_exit(VmExit::Error { vcpu: id, message })
+                ctl.request_exit(VmExit::Crashed { vcpu: id, message })
             }
             Exit::Unhandled(m) => ctl.request_exit(VmExit::Error {
                 vcpu: id,

@@ -4,8 +4,14 @@
 //! Exit codes: guest poweroff 0 (`poweroff`) or reset 0 (`reboot`: a reset
 //! ends the run, as with Firecracker); host stop (Ctrl-A X, `quit`, SIGTERM)
 //! 0 (`quit`); triple fault, KVM internal error or failed VM entry 3
-//! (`crashed`) with a message naming it. The control socket's [`KvmVm`]
-//! offers status, quit, pause and resume.
+//! (`crashed`) with a message naming it; host-side failures 1 (`error`).
+//! The control socket's [`KvmVm`] offers status, quit, pause, resume and
+//! powerdown (the ACPI power button).
+//!
+//! seccomp (`--seccomp`, hypervisor::seccomp): the main thread installs the
+//! VMM filter on every thread it has started (TSYNC) once the control,
+//! console and signal threads exist, then starts the vCPU threads, which
+//! inherit it and add the narrower vCPU filter.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,13 +25,18 @@ use hypervisor::{Vm, X86Boot, X86Mode};
 
 use crate::control::{RunState, VmStatus};
 use crate::emu::VmInfo;
-use crate::{parse_memory, read_blob, serial_out, virtio, Outcome, RunArgs};
+use crate::{
+    parse_memory, read_blob, serial_out, virtio, KernelUnpack, Outcome, RunArgs, SeccompMode,
+};
 
 /// The KVM backend's control-socket side.
 pub struct KvmVm {
     info: VmInfo,
     control: Arc<VmControl>,
     quit_why: Mutex<Option<String>>,
+    /// The ACPI PM block: its power button is `powerdown`.
+    pm: Arc<Mutex<arch::x86_64::acpi::AcpiPm>>,
+    powerdown: std::sync::atomic::AtomicBool,
 }
 
 impl KvmVm {
@@ -50,14 +61,26 @@ impl crate::control::VmControl for KvmVm {
     fn status(&self) -> VmStatus {
         let state = if self.control.is_paused() {
             RunState::Paused
+        } else if self.powerdown.load(std::sync::atomic::Ordering::Relaxed) {
+            RunState::Shutdown
         } else {
             RunState::Running
         };
         self.info.status(state)
     }
-    /// No ACPI power button or i8042 reset line to the guest yet.
+    /// Presses the ACPI fixed power button (PM1_STS.PWRBTN, SCI);
+    /// delivered when the guest has enabled the event (an ACPI OS).
     fn powerdown(&self) -> Result<bool> {
-        Ok(false)
+        let delivered = self
+            .pm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .power_button();
+        if delivered {
+            self.powerdown
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(delivered)
     }
     fn quit(&self) -> Result<()> {
         self.quit_because("quit command");
@@ -115,9 +138,30 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     if args.bios.is_some() || args.firmware.is_some() {
         bail!("--bios/--firmware are riscv64 options; x86_64 boots --kernel directly");
     }
-    let kernel = read_blob("kernel", kernel_path, ram_size)?;
+    let mut kernel = read_blob("kernel", kernel_path, ram_size)?;
     // Bad images fail here, before /dev/kvm is even opened.
     arch::x86_64::boot::inspect(&kernel.label, &kernel.data)?;
+    if args.kernel_unpack != KernelUnpack::Guest {
+        use arch::x86_64::unpack::{unpack, Unpacked};
+        match unpack(&kernel.label, &kernel.data, ram_size)? {
+            Unpacked::Elf { data, format } => {
+                tracing::info!(
+                    "{}: unpacked the {format} payload on the host ({} bytes of ELF vmlinux)",
+                    kernel.label,
+                    data.len()
+                );
+                kernel.data = data;
+            }
+            Unpacked::NotBzImage => {}
+            Unpacked::Unsupported(why) if args.kernel_unpack == KernelUnpack::Auto => {
+                tracing::info!("{}: {why}; the guest unpacks it", kernel.label)
+            }
+            Unpacked::Unsupported(why) => bail!(
+                "{}: --kernel-unpack host: {why} (ferro unpacks gzip, xz and zstd)",
+                kernel.label
+            ),
+        }
+    }
     let initrd = args
         .initrd
         .as_ref()
@@ -174,6 +218,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         },
         control: control.clone(),
         quit_why: Mutex::new(None),
+        pm: machine.pm.clone(),
+        powerdown: std::sync::atomic::AtomicBool::new(false),
     });
     run_machine(&*vm, machine, kvm_vm, args, sink)
 }
@@ -186,6 +232,23 @@ fn run_machine(
     sink: serial_out::SerialSink,
 ) -> Result<Outcome> {
     let control = kvm_vm.control.clone();
+    use hypervisor::seccomp::{self, Role};
+    // Compiled before any thread starts, so a bad filter fails early.
+    let filters = match args.seccomp {
+        SeccompMode::Off => None,
+        mode => {
+            let action = if mode == SeccompMode::Kill {
+                seccomp::Action::Kill
+            } else {
+                seccomp::Action::Trap
+            };
+            seccomp::install_sigsys_handler().map_err(anyhow::Error::msg)?;
+            Some((
+                seccomp::filter(Role::Vcpu, action).map_err(anyhow::Error::msg)?,
+                seccomp::filter(Role::Vmm, action).map_err(anyhow::Error::msg)?,
+            ))
+        }
+    };
     vm.set_memory(&m.mem)?;
     let boot = boot_regs(m.boot.entry);
     let n = m.cpus as u32;
@@ -220,7 +283,15 @@ fn run_machine(
         crate::console::spawn_input(target, crate::console::stdin_is_tty());
         raw
     };
-    let running = runner::start(control, vcpus, m.pio.clone(), m.mmio.clone())
+    let init = match filters {
+        Some((vcpu_filter, vmm_filter)) => {
+            // Every thread so far (main, control, console, signals, input).
+            seccomp::apply_all_threads(&vmm_filter).map_err(anyhow::Error::msg)?;
+            Some(Arc::new(move || seccomp::apply(&vcpu_filter)) as runner::ThreadInit)
+        }
+        None => None,
+    };
+    let running = runner::start_with(control, vcpus, m.pio.clone(), m.mmio.clone(), init)
         .context("cannot start vCPU threads")?;
     if let Some(secs) = std::env::var("FERRO_KVM_STOP_AFTER")
         .ok()
@@ -238,9 +309,10 @@ fn run_machine(
     drop(_raw);
     // Devices (disks) are flushed and closed with the machine.
     drop(m);
+    // docs/CONTROL.md: a guest crash is exit 3, reason `crashed`.
     let crashed = |msg: String| {
-        eprint!("\r\nferro: {msg}\r\n");
-        Ok(Outcome::new(3, "crashed", msg))
+        eprint!("\r\nferro: guest crashed: {msg}\r\n");
+        Ok(Outcome::new(3, "crashed", format!("guest crashed: {msg}")))
     };
     match why {
         VmExit::Poweroff => Ok(Outcome::new(0, "poweroff", "the guest powered off")),
@@ -250,9 +322,10 @@ fn run_machine(
             Ok(Outcome::new(0, "quit", kvm_vm.quit_message()))
         }
         VmExit::TripleFault { vcpu } => crashed(format!(
-            "guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN): the guest crashed before it could handle an exception"
+            "triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN): an exception the guest could not handle"
         )),
-        VmExit::Error { vcpu, message } => crashed(format!("KVM stopped vCPU {vcpu}: {message}")),
+        VmExit::Crashed { vcpu, message } => crashed(format!("KVM stopped vCPU {vcpu}: {message}")),
+        VmExit::Error { vcpu, message } => bail!("vCPU {vcpu}: {message}"),
     }
 }
 

@@ -111,8 +111,37 @@ pub struct RunArgs {
     /// Start paused (QEMU's -S); `resume` on --control starts the CPUs.
     #[arg(short = 'S', long)]
     pub paused: bool,
+    /// x86_64: where a bzImage's compressed kernel is unpacked. `auto`: on
+    /// the host when ferro decodes its format (gzip, xz, zstd), then the ELF
+    /// boots through its PVH (or 64-bit) entry, else in the guest; `host`:
+    /// on the host or fail; `guest`: the kernel's own decompressor (and its
+    /// KASLR) runs in the guest.
+    #[arg(long, value_enum, default_value_t = KernelUnpack::Auto)]
+    pub kernel_unpack: KernelUnpack,
+    /// x86_64/KVM: seccomp filters on the VMM's threads (Firecracker-style,
+    /// per thread role). `on`: a denied system call is reported (thread and
+    /// syscall number) and the run ends with status 1; `kill`: the kernel
+    /// kills the process silently; `off`: no filters.
+    #[arg(long, value_enum, default_value_t = SeccompMode::On)]
+    pub seccomp: SeccompMode,
     #[command(flatten)]
     pub virtio: Box<virtio::VirtioArgs>,
+}
+
+/// `--kernel-unpack` (x86_64).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelUnpack {
+    Auto,
+    Host,
+    Guest,
+}
+
+/// `--seccomp` (x86_64/KVM).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeccompMode {
+    On,
+    Kill,
+    Off,
 }
 
 impl Default for RunArgs {

@@ -217,6 +217,9 @@ pub fn load(mem: &GuestMemoryMmap, b: &BootImages) -> Result<BootInfo, Error> {
     write_gdt_and_page_tables(mem)?;
     let mp = super::mptable::build(b.cpus, EBDA);
     mem.write_slice(&mp, GuestAddress(EBDA)).map_err(mem_err)?;
+    let acpi = super::acpi::build(b.cpus);
+    mem.write_slice(&acpi, GuestAddress(super::acpi::ACPI_BASE))
+        .map_err(mem_err)?;
     let mut cmd = b.cmdline.as_bytes().to_vec();
     cmd.push(0);
     mem.write_slice(&cmd, GuestAddress(CMDLINE))
@@ -294,6 +297,7 @@ pub fn load(mem: &GuestMemoryMmap, b: &BootImages) -> Result<BootInfo, Error> {
             }
         }
         params.hdr.type_of_loader = 0xff;
+        params.acpi_rsdp_addr = super::acpi::ACPI_BASE;
         params.hdr.cmd_line_ptr = CMDLINE as u32;
         params.hdr.cmdline_size = b.cmdline.len() as u32;
         if let Some((a, s)) = initrd {
@@ -347,6 +351,7 @@ fn write_pvh(
         cmdline_paddr: CMDLINE,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: e820.len() as u32,
+        rsdp_paddr: super::acpi::ACPI_BASE,
         ..Default::default()
     });
     if initrd.is_some() {

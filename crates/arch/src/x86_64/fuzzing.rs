@@ -1,4 +1,5 @@
-//! Entry point for fuzz/fuzz_targets/x86_boot_images.rs, also run over a
+//! Entry point for fuzz/fuzz_targets/x86_boot_images.rs (header checks,
+//! loading, host-side payload unpacking), also run over a
 //! corpus of mutated headers by the unit tests (cargo-fuzz needs nightly).
 
 use vm_memory::GuestMemoryMmap;
@@ -12,6 +13,8 @@ pub fn x86_boot_images(data: &[u8]) {
     if inspect("fuzz", data).is_err() {
         return;
     }
+    // The host-side payload unpacker, with a small output bound.
+    let _ = super::unpack::unpack("fuzz", data, 1 << 20);
     let ram = 32 << 20;
     let Ok(mem) = GuestMemoryMmap::from_ranges(&ram_regions(ram)) else {
         return;
@@ -45,6 +48,11 @@ mod tests {
         bz[0x211] = 1;
         bz[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
         bz[0x236] = 1;
+        // A payload: an xz stream header followed by garbage, and the size.
+        bz[0x248..0x24c].copy_from_slice(&0u32.to_le_bytes());
+        bz[0x24c..0x250].copy_from_slice(&64u32.to_le_bytes());
+        bz[2560..2566].copy_from_slice(b"\xfd7zXZ\0");
+        bz[2620..2624].copy_from_slice(&4096u32.to_le_bytes());
         let mut elf = vec![0u8; 4096];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 2;

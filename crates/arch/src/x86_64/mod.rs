@@ -1,17 +1,19 @@
 //! The x86-64 machine for hardware-assisted backends (KVM): memory layout
 //! and e820 ([`layout`]), kernel loading by the Linux/PVH boot protocols
 //! ([`boot`]), the MP table ([`mptable`]), and the legacy platform: COM1
-//! (the shared `devices::Serial`), the i8042 reset line and a poweroff
-//! port. virtio-mmio devices (the same `virtio-devices` code as on riscv64)
+//! (the shared `devices::Serial`), the i8042 reset line and ACPI
+//! ([`acpi`]: tables, PM1 block with S5 poweroff and the power button). virtio-mmio devices (the same `virtio-devices` code as on riscv64)
 //! sit in the 32-bit MMIO hole and are announced on the command line.
 //!
 //! The interrupt controller lives in the hypervisor (KVM's in-kernel
 //! PIC/IOAPIC), so the builder takes a factory for its lines.
 
+pub mod acpi;
 pub mod boot;
 pub mod fuzzing;
 pub mod layout;
 pub mod mptable;
+pub mod unpack;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -72,24 +74,10 @@ impl BusDevice for I8042 {
     }
 }
 
-/// Port 0x604, as QEMU's ACPI PM1a control on `-M microvm`/q35 firmware
-/// tests use it: writing 0x2000 (SLP_EN with S5) powers off.
-pub const POWEROFF_PORT: u64 = 0x604;
-
-pub struct PowerPort {
-    on: PowerHandler,
-}
-
-impl BusDevice for PowerPort {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == 0 && data.len() >= 2 && u16::from_le_bytes([data[0], data[1]]) & 0x2000 != 0 {
-            (self.on)(PowerEvent::Poweroff);
-        }
-    }
-}
+/// Port 0x604, the ACPI PM1a control register ([`acpi::AcpiPm`]), as on
+/// QEMU's q35: writing 0x2000 (SLP_EN, sleep type 0) or SLP_EN with the
+/// DSDT's `\_S5` type powers off.
+pub const POWEROFF_PORT: u64 = acpi::PM1A_CNT as u64;
 
 pub struct MachineConfig {
     pub cpus: usize,
@@ -109,6 +97,7 @@ pub struct MachineBuilder {
     mmio: Bus,
     irq: IrqFactory,
     serial: Arc<Mutex<Serial>>,
+    pm: Arc<Mutex<acpi::AcpiPm>>,
     reserved: Vec<bool>,
     attached: Vec<bool>,
 }
@@ -120,6 +109,8 @@ pub struct Machine {
     pub mmio: Arc<Bus>,
     pub boot: BootInfo,
     pub serial: Arc<Mutex<Serial>>,
+    /// The ACPI PM block: [`acpi::AcpiPm::power_button`] for `powerdown`.
+    pub pm: Arc<Mutex<acpi::AcpiPm>>,
     pub cpus: usize,
     /// The command line as the guest sees it.
     pub cmdline: String,
@@ -153,11 +144,8 @@ impl MachineBuilder {
                 on: on_power.clone(),
             })),
         )?;
-        pio.insert(
-            POWEROFF_PORT,
-            2,
-            Arc::new(Mutex::new(PowerPort { on: on_power })),
-        )?;
+        let pm = Arc::new(Mutex::new(acpi::AcpiPm::new(irq(acpi::SCI_IRQ), on_power)));
+        pio.insert(acpi::PM1A_EVT as u64, 12, pm.clone())?;
         Ok(MachineBuilder {
             cfg,
             mem,
@@ -165,6 +153,7 @@ impl MachineBuilder {
             mmio: Bus::new(),
             irq,
             serial,
+            pm,
             reserved: vec![false; VIRTIO_IRQS.len()],
             attached: vec![false; VIRTIO_IRQS.len()],
         })
@@ -238,6 +227,7 @@ impl MachineBuilder {
             mmio: Arc::new(self.mmio),
             boot: info,
             serial: self.serial,
+            pm: self.pm,
             cpus: self.cfg.cpus,
             cmdline,
         })

@@ -10,6 +10,7 @@ typedef unsigned long long u64;
 
 static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(p)); }
 static inline void outw(u16 p, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(p)); }
+static inline u16 inw(u16 p) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(p)); return v; }
 static inline u8 inb(u16 p) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(p)); return v; }
 static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
 static inline void wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
@@ -56,6 +57,74 @@ static u64 fnv(u64 a, u64 n) {
 }
 
 __attribute__((used)) u64 boot_params, start_info;
+
+/* ---- ACPI: find the RSDP in the BIOS area, walk the XSDT with checksums,
+ * read the FADT's PM1 blocks and the DSDT's \_S5 sleep type, and count the
+ * MADT's processors. */
+static u64 fadt, dsdt, madt;
+static u8 sum(u64 a, u64 n) { u8 s = 0; for (u64 i = 0; i < n; i++) s += *(volatile u8 *)(a + i); return s; }
+static u16 rd16(u64 a) { return *(volatile u16 *)a; }
+static int acpi_find(void) {
+    u64 rsdp = 0;
+    for (u64 a = 0xe0000; a < 0x100000; a += 16)
+        if (rd32(a) == 0x20445352 && rd32(a + 4) == 0x20525450 && sum(a, 20) == 0) { rsdp = a; break; }
+    if (!rsdp) { puts("ACPI no RSDP\n"); return 0; }
+    if (*(volatile u8 *)(rsdp + 15) < 2 || sum(rsdp, 36)) { puts("ACPI bad RSDP\n"); return 0; }
+    u64 xsdt = *(volatile u64 *)(rsdp + 24);
+    u32 len = rd32(xsdt + 4);
+    if (rd32(xsdt) != 0x54445358 || sum(xsdt, len)) { puts("ACPI bad XSDT\n"); return 0; }
+    for (u64 p = xsdt + 36; p < xsdt + len; p += 8) {
+        u64 t = *(volatile u64 *)p;
+        if (sum(t, rd32(t + 4))) { puts("ACPI bad checksum\n"); return 0; }
+        if (rd32(t) == 0x50434146) fadt = t; /* FACP */
+        if (rd32(t) == 0x43495041) madt = t; /* APIC */
+    }
+    if (!fadt || !madt) { puts("ACPI no FADT/MADT\n"); return 0; }
+    dsdt = *(volatile u64 *)(fadt + 140);
+    if (rd32(dsdt) != 0x54445344 || sum(dsdt, rd32(dsdt + 4))) { puts("ACPI bad DSDT\n"); return 0; }
+    return 1;
+}
+/* The \_S5 package's first element (SLP_TYPa), or -1. */
+static int acpi_s5(void) {
+    u32 len = rd32(dsdt + 4);
+    for (u64 a = dsdt + 36; a + 8 < dsdt + len; a++) {
+        if (*(volatile u8 *)a == 0x08 && rd32(a + 1) == 0x5f35535f /* "_S5_" */ &&
+            *(volatile u8 *)(a + 5) == 0x12) {
+            u64 e = a + 8; /* NameOp, name, PackageOp, 1-byte PkgLength, NumElements */
+            u8 op = *(volatile u8 *)e;
+            if (op == 0x0a) return *(volatile u8 *)(e + 1);
+            if (op == 0x00 || op == 0x01) return op;
+        }
+    }
+    return -1;
+}
+static __attribute__((noreturn)) void acpi_poweroff(void) {
+    int typ = acpi_s5();
+    u16 cnt = (u16)rd32(fadt + 64);
+    puts("ACPI-S5="); putdec(typ); puts(" PM1A_CNT="); puthex(cnt); putc('\n');
+    outw(cnt, (u16)((typ << 10) | (1 << 13)));
+    puts("ACPI-S5 failed\n");
+    for (;;) __asm__ volatile("cli; hlt");
+}
+static void acpi(void) {
+    if (!acpi_find()) return;
+    int cpus = 0;
+    for (u64 e = madt + 44; e < madt + rd32(madt + 4); e += *(volatile u8 *)(e + 1))
+        if (*(volatile u8 *)e == 0 && (rd32(e + 4) & 1)) cpus++;
+    puts("ACPI-CPUS="); putdec(cpus); putc('\n');
+    puts("ACPI-SCI="); putdec(rd16(fadt + 46)); putc('\n');
+}
+/* Wait for the fixed power button (PM1_STS.PWRBTN), then S5. */
+static void powerbtn(void) {
+    if (!acpi_find()) return;
+    u16 evt = (u16)rd32(fadt + 56);
+    outw(evt + 2, 1 << 8); /* PM1_EN.PWRBTN_EN */
+    puts("PWRBTN-ARMED\n");
+    while (!(inw(evt) & (1 << 8))) {}
+    outw(evt, 1 << 8); /* write 1 to clear */
+    puts("PWRBTN-PRESSED\n");
+    acpi_poweroff();
+}
 
 /* ---- SMP: count CPUs in the MP table, start the APs with INIT/SIPI; each
  * AP sets its APIC ID bit at 0x5000 from a real-mode trampoline. */
@@ -251,6 +320,8 @@ void main64(void) {
         putc(','); puthex(fnv(initrd, initrd_size)); putc('\n');
     }
     if (has_word(cmd, "test=smp")) smp();
+    if (has_word(cmd, "test=acpi")) { acpi(); acpi_poweroff(); }
+    if (has_word(cmd, "test=powerbtn")) powerbtn();
     if (has_word(cmd, "test=irq")) {
         irq_setup(5);
         blk();
@@ -269,6 +340,17 @@ void main64(void) {
         puts("TRIPLE\n");
         struct { u16 lim; u64 base; } __attribute__((packed)) idt = {0, 0};
         __asm__ volatile("lidt %0; ud2" ::"m"(idt));
+    }
+    if (has_word(cmd, "test=internal")) {
+        /* An SSE compare against MMIO (no device there): KVM's instruction
+         * emulator has no PCMPEQB, so it gives up with
+         * KVM_EXIT_INTERNAL_ERROR (emulation failed). */
+        puts("INTERNAL\n");
+        u64 cr4;
+        __asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | (1 << 9))); /* OSFXSR */
+        __asm__ volatile("pcmpeqb (%0), %%xmm0" ::"r"(0xd0f00000ull)); /* never returns */
+        puts("NOT-REACHED\n");
     }
     if (has_word(cmd, "test=bench")) {
         /* Exit round trips, timed by the host from the markers' arrival. */
