@@ -483,8 +483,7 @@ impl VmSpec {
         push("--console-socket", &paths.console);
         push("--serial-log", &paths.serial_log);
         push("--status-file", &paths.status);
-        // `--snapshot-dir` (docs/CONTROL.md) is not in `ferro run` yet;
-        // the VMM keeps snapshot state in its default place until it is.
+        push("--snapshot-dir", &paths.snapshots);
         a
     }
 }
@@ -769,6 +768,7 @@ tap = "tap7"
         assert_eq!(val("--console-socket"), ["/run/f/x/console.sock"]);
         assert_eq!(val("--status-file"), ["/run/f/x/status.json"]);
         assert_eq!(val("--serial-log"), ["/var/lib/f/x/serial.log"]);
+        assert_eq!(val("--snapshot-dir"), ["/var/lib/f/x/snapshots"]);
         let disks: Vec<_> = val("--disk")
             .into_iter()
             .map(|d| vmm::virtio::DiskSpec::parse(d).unwrap())
@@ -804,6 +804,10 @@ tap = "tap7"
             Some(Path::new("/run/f/x/control.sock"))
         );
         assert_eq!(w.a.virtio.disk.len(), 2);
+        assert_eq!(
+            w.a.snapshot_dir.as_deref(),
+            Some(Path::new("/var/lib/f/x/snapshots"))
+        );
         // The default guest: no boot files at all.
         let mut d = from_toml("name=\"d\"\n").unwrap();
         d.normalize(None);
