@@ -732,3 +732,39 @@ fn convert_skips_zero_blocks_and_keeps_partial_clusters_right() {
         }
     }
 }
+
+/// `convert -c` from a source whose size is not a multiple of the cluster
+/// (or sector) size: the short last cluster is stored too.
+#[test]
+fn convert_compressed_with_an_unaligned_source_size() {
+    let dir = tempdir();
+    let size = (1 << 20) + 1000;
+    let want: Vec<u8> = (0..size).map(|i| b"ferrovisor "[i % 11]).collect();
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &want).unwrap();
+    let out = dir.path().join("c.qcow2");
+    qcow2(&out, size as u64, CreateOptions::default());
+    let mut src = Image::open(
+        &raw,
+        &OpenOptions {
+            format: Some(Format::Raw),
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut dst = open_rw(&out);
+    convert(
+        &mut src,
+        &mut dst,
+        &ConvertOptions {
+            compress: true,
+            target_is_zero: true,
+        },
+        None,
+    )
+    .unwrap();
+    drop(dst);
+    assert_qemu_check_clean(&out);
+    assert_qemu_equal(dir.path(), &out, &want);
+}

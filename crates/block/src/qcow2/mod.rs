@@ -1378,9 +1378,11 @@ impl Qcow2 {
     fn check_compressed_args(&self, buf: &[u8], off: u64) -> Result<()> {
         self.check_writable()?;
         let cs = self.cs;
-        if !off.is_multiple_of(cs)
-            || (buf.len() as u64 != cs && off + buf.len() as u64 != self.h.size)
-        {
+        // One whole cluster, or the start of the last one (which may be
+        // partial, and longer than a source of an unaligned size).
+        let len = buf.len() as u64;
+        let last = off + cs >= self.h.size && off + len <= self.h.size;
+        if !off.is_multiple_of(cs) || len == 0 || (len != cs && !last) {
             return Err(Error::InvalidArgument(
                 "compressed writes must cover exactly one cluster".into(),
             ));
