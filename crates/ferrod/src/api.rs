@@ -367,30 +367,7 @@ async fn snapshot_create(
     b: Bytes,
 ) -> ApiResult<Response> {
     let req: SnapshotBody = body(&b)?;
-    check_snapshot_name(&req.name)?;
-    let (vm, g, spec) = locked(&sup, &name).await?;
-    if !vm.status().state.active() {
-        return Err(OpError::Conflict(format!("domain '{name}' is not running")));
-    }
-    let s = sup.clone();
-    Ok(task(
-        &sup,
-        "snapshot-create",
-        &spec.name.clone(),
-        async move {
-            let _g = g;
-            let r = s
-                .control_cmd(
-                    &vm,
-                    &spec,
-                    json!({"cmd": "snapshot-create", "name": req.name}),
-                )
-                .await?;
-            s.events
-                .emit("snapshot-created", &spec.name, &vm.uuid, &req.name);
-            Ok(r)
-        },
-    ))
+    snapshot_task(&sup, &name, req.name, "snapshot-create", "snapshot-created").await
 }
 
 async fn snapshot_list(State(sup): State<Sup>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -405,26 +382,32 @@ async fn snapshot_revert(
     State(sup): State<Sup>,
     Path((name, snap)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    snapshot_task(&sup, &name, snap, "snapshot-revert", "snapshot-reverted").await
+}
+
+/// Create and revert: a task on a running VM that sends `cmd` to its VMM and
+/// emits `event` when the VMM has done it.
+async fn snapshot_task(
+    sup: &Sup,
+    name: &str,
+    snap: String,
+    cmd: &'static str,
+    event: &'static str,
+) -> ApiResult<Response> {
     check_snapshot_name(&snap)?;
-    let (vm, g, spec) = locked(&sup, &name).await?;
+    let (vm, g, spec) = locked(sup, name).await?;
     if !vm.status().state.active() {
         return Err(OpError::Conflict(format!("domain '{name}' is not running")));
     }
     let s = sup.clone();
-    Ok(task(
-        &sup,
-        "snapshot-revert",
-        &spec.name.clone(),
-        async move {
-            let _g = g;
-            let r = s
-                .control_cmd(&vm, &spec, json!({"cmd": "snapshot-revert", "name": snap}))
-                .await?;
-            s.events
-                .emit("snapshot-reverted", &spec.name, &vm.uuid, &snap);
-            Ok(r)
-        },
-    ))
+    Ok(task(sup, cmd, &spec.name.clone(), async move {
+        let _g = g;
+        let r = s
+            .control_cmd(&vm, &spec, json!({"cmd": cmd, "name": snap}))
+            .await?;
+        s.events.emit(event, &spec.name, &vm.uuid, &snap);
+        Ok(r)
+    }))
 }
 
 async fn snapshot_delete(
