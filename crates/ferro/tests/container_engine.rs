@@ -174,7 +174,9 @@ impl Eng {
     }
 
     fn with_runtime(runtime: &str) -> Eng {
-        assert_eq!(unsafe { libc::geteuid() }, 0, "container tests run as root");
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "container tests run as root");
         Eng {
             dir: tempfile::tempdir().unwrap(),
             runtime: runtime.to_string(),
