@@ -208,6 +208,7 @@ impl Image {
             format: self.format(),
             virtual_size,
             actual_size: meta.blocks() * 512,
+            file_length: meta.len(),
             cluster_size: None,
             dirty_flag: false,
             backing_filename: None,

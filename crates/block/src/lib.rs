@@ -270,6 +270,8 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     /// Bytes allocated on the host (st_blocks * 512).
     pub actual_size: u64,
+    /// The host file's length (the protocol layer's virtual size).
+    pub file_length: u64,
     /// qcow2 only.
     pub cluster_size: Option<u64>,
     pub dirty_flag: bool,

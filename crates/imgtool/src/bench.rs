@@ -46,7 +46,7 @@ pub(crate) fn bench(args: &[String], ctx: &mut Ctx) -> CmdResult {
             long("force-share", HasArg::No, "U"),
         ],
     )
-    .map_err(Fail::Usage)?;
+    .map_err(Fail::Getopt)?;
     let mut bp = BenchParams {
         count: 75000,
         depth: 64,

@@ -18,7 +18,7 @@ pub(crate) fn create(args: &[String], ctx: &mut Ctx) -> CmdResult {
             long("object", HasArg::Required, "object"),
         ],
     )
-    .map_err(Fail::Usage)?;
+    .map_err(Fail::Getopt)?;
     let mut fmt = "raw".to_string();
     let mut base: Option<String> = None;
     let mut base_fmt: Option<String> = None;

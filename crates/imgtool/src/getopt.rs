@@ -47,11 +47,11 @@ pub fn parse(args: &[String], short: &str, longs: &[Long]) -> Result<Parsed, Str
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (body, None),
             };
-            let l = find_long(longs, name).ok_or_else(|| format!("unrecognized option '{a}'"))?;
+            let l = find_long(longs, name, a)?;
             match l.has_arg {
                 HasArg::No => {
                     if inline.is_some() {
-                        return Err(format!("unrecognized option '{a}'"));
+                        return Err(format!("option '--{}' doesn't allow an argument", l.name));
                     }
                     p.opts.push((l.key.to_string(), None));
                 }
@@ -59,9 +59,9 @@ pub fn parse(args: &[String], short: &str, longs: &[Long]) -> Result<Parsed, Str
                     let v = match inline {
                         Some(v) => v,
                         None => {
-                            let v = args
-                                .get(i)
-                                .ok_or_else(|| format!("missing argument for option '{a}'"))?;
+                            let v = args.get(i).ok_or_else(|| {
+                                format!("option '--{}' requires an argument", l.name)
+                            })?;
                             i += 1;
                             v.clone()
                         }
@@ -82,7 +82,7 @@ pub fn parse(args: &[String], short: &str, longs: &[Long]) -> Result<Parsed, Str
                     .find(|&(_, sc)| sc == c && sc != ':')
                     .map(|(k, _)| k);
                 let Some(pos) = pos else {
-                    return Err(format!("unrecognized option '{a}'"));
+                    return Err(format!("invalid option -- '{c}'"));
                 };
                 let takes = short[pos + c.len_utf8()..].starts_with(':');
                 if !takes {
@@ -95,7 +95,7 @@ pub fn parse(args: &[String], short: &str, longs: &[Long]) -> Result<Parsed, Str
                 } else {
                     let v = args
                         .get(i)
-                        .ok_or_else(|| format!("missing argument for option '{a}'"))?;
+                        .ok_or_else(|| format!("option requires an argument -- '{c}'"))?;
                     i += 1;
                     v.clone()
                 };
@@ -109,19 +109,27 @@ pub fn parse(args: &[String], short: &str, longs: &[Long]) -> Result<Parsed, Str
     Ok(p)
 }
 
-fn find_long<'a>(longs: &'a [Long], name: &str) -> Option<&'a Long> {
+/// Exact name, else a unique prefix; errors are glibc's wording (`arg` is
+/// the word as typed, which glibc quotes in both messages).
+fn find_long<'a>(longs: &'a [Long], name: &str, arg: &str) -> Result<&'a Long, String> {
     if let Some(l) = longs.iter().find(|l| l.name == name) {
-        return Some(l);
+        return Ok(l);
     }
-    // getopt_long accepts an unambiguous prefix.
-    let mut hits = longs
+    let hits: Vec<&Long> = longs
         .iter()
-        .filter(|l| !name.is_empty() && l.name.starts_with(name));
-    let first = hits.next()?;
-    if hits.any(|l| l.key != first.key) {
-        return None;
+        .filter(|l| !name.is_empty() && l.name.starts_with(name))
+        .collect();
+    match hits.first() {
+        None => Err(format!("unrecognized option '{arg}'")),
+        Some(first) if hits.iter().all(|l| l.key == first.key) => Ok(first),
+        Some(_) => {
+            let names: Vec<String> = hits.iter().map(|l| format!("'--{}'", l.name)).collect();
+            Err(format!(
+                "option '{arg}' is ambiguous; possibilities: {}",
+                names.join(" ")
+            ))
+        }
     }
-    Some(first)
 }
 
 #[cfg(test)]
@@ -171,20 +179,28 @@ mod tests {
     fn errors_match_qemu_img() {
         assert_eq!(
             parse(&v(&["-5"]), "f:", L).unwrap_err(),
-            "unrecognized option '-5'"
+            "invalid option -- '5'"
         );
         assert_eq!(
             parse(&v(&["-f"]), "f:", L).unwrap_err(),
-            "missing argument for option '-f'"
+            "option requires an argument -- 'f'"
         );
         assert_eq!(
             parse(&v(&["--out"]), "f:", L).unwrap_err(),
-            "missing argument for option '--out'"
+            "option '--output' requires an argument"
         );
         // ambiguous prefix
         assert_eq!(
             parse(&v(&["--o=x"]), "f:", L).unwrap_err(),
-            "unrecognized option '--o=x'"
+            "option '--o=x' is ambiguous; possibilities: '--output' '--object'"
+        );
+        assert_eq!(
+            parse(&v(&["--help=3"]), "f:", L).unwrap_err(),
+            "option '--help' doesn't allow an argument"
+        );
+        assert_eq!(
+            parse(&v(&["--frob"]), "f:", L).unwrap_err(),
+            "unrecognized option '--frob'"
         );
         assert!(parse(&v(&["--help"]), "", L).is_ok());
     }

@@ -52,8 +52,8 @@ pub fn hex16(v: u64) -> String {
 /// The snapshot table header (`bdrv_snapshot_dump(NULL)`).
 pub fn snapshot_header() -> String {
     format!(
-        "{:<10}{:<17}{:>8}{:>20}{:>13}{:>11}",
-        "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT"
+        "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
+        "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
     )
 }
 
@@ -68,7 +68,7 @@ pub fn snapshot_row(
 ) -> String {
     let secs = vm_clock_nsec / 1_000_000_000;
     let clock = format!(
-        "{:02}:{:02}:{:02}.{:03}",
+        "{:04}:{:02}:{:02}.{:03}",
         secs / 3600,
         (secs / 60) % 60,
         secs % 60,
@@ -76,7 +76,7 @@ pub fn snapshot_row(
     );
     let icount = icount.map(|i| i.to_string()).unwrap_or_default();
     format!(
-        "{:<9} {:<16} {:>8}{:>20}{:>13}{:>11}",
+        "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
         id,
         name,
         size_to_str(vm_state_size),
@@ -138,14 +138,14 @@ mod tests {
     fn table() {
         assert_eq!(
             snapshot_header(),
-            "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT"
+            "ID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT"
         );
         let row = snapshot_row("1", "snap1", 0, 0, 0, Some(0));
         assert!(
-            row.starts_with("1         snap1                 0 B "),
+            row.starts_with("1       snap1                 0 B "),
             "{row}"
         );
-        assert!(row.ends_with(" 00:00:00.000          0"), "{row}");
+        assert!(row.ends_with("  0000:00:00.000          0"), "{row}");
     }
 
     #[test]

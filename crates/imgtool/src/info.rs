@@ -39,7 +39,7 @@ pub(crate) fn info(args: &[String], ctx: &mut Ctx) -> CmdResult {
             long("backing-chain", HasArg::No, "backing-chain"),
         ]),
     )
-    .map_err(Fail::Usage)?;
+    .map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut out = "human".to_string();
     let mut chain = false;
@@ -128,8 +128,26 @@ pub(crate) fn info(args: &[String], ctx: &mut Ctx) -> CmdResult {
     Ok(0)
 }
 
+/// The file's length as the block layer sees it: whole 512-byte sectors.
+fn protocol_length(i: &ImageInfo) -> u64 {
+    i.file_length.div_ceil(512) * 512
+}
+
 /// `qemu-img info --output=json` for one image.
 pub fn info_json(i: &ImageInfo) -> Json {
+    // qemu-img 10 reports the protocol layer (the host file) as a child.
+    let file = Json::obj([
+        ("children", Json::Arr(vec![])),
+        ("virtual-size", Json::int(protocol_length(i))),
+        ("filename", Json::str(&i.filename)),
+        ("format", Json::str("file")),
+        ("actual-size", Json::int(i.actual_size)),
+        (
+            "format-specific",
+            Json::obj([("type", Json::str("file")), ("data", Json::obj::<&str>([]))]),
+        ),
+        ("dirty-flag", Json::Bool(false)),
+    ]);
     let mut o: Vec<(&str, Json)> = vec![
         ("filename", Json::str(&i.filename)),
         ("format", Json::str(i.format.name())),
@@ -189,6 +207,15 @@ pub fn info_json(i: &ImageInfo) -> Json {
             Json::obj([("type", Json::str("qcow2")), ("data", Json::obj(d))]),
         ));
     }
+    // Inserted last, as QAPI's BlockGraphInfo adds it after BlockNodeInfo's
+    // fields: within a shared hash bucket that decides the printed order.
+    o.push((
+        "children",
+        Json::Arr(vec![Json::obj([
+            ("name", Json::str("file")),
+            ("info", file),
+        ])]),
+    ));
     Json::obj(o)
 }
 
@@ -240,6 +267,14 @@ pub fn info_human(i: &ImageInfo) -> String {
             }
         }
     }
+    s += &format!(
+        "Child node '/file':\n    filename: {}\n    protocol type: file\n    \
+         file length: {} ({} bytes)\n    disk size: {}\n",
+        i.filename,
+        size_to_str(protocol_length(i)),
+        protocol_length(i),
+        size_to_str(i.actual_size)
+    );
     s
 }
 
@@ -280,7 +315,7 @@ pub(crate) fn check(args: &[String], ctx: &mut Ctx) -> CmdResult {
             long("output", HasArg::Required, "output"),
         ]),
     )
-    .map_err(Fail::Usage)?;
+    .map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut out = "human".to_string();
     let mut repair = Repair::None;
@@ -299,7 +334,7 @@ pub(crate) fn check(args: &[String], ctx: &mut Ctx) -> CmdResult {
                     "all" => Repair::All,
                     _ => {
                         return Err(Fail::Usage(format!(
-                            "Unknown option value for -r (expecting 'leaks' or 'all'): {v}"
+                            "--repair (-r) expects 'leaks' or 'all' not '{v}'"
                         )))
                     }
                 }
@@ -455,7 +490,7 @@ pub(crate) fn map(args: &[String], ctx: &mut Ctx) -> CmdResult {
             long("max-length", HasArg::Required, "max-length"),
         ]),
     )
-    .map_err(Fail::Usage)?;
+    .map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut out = "human".to_string();
     let mut start = 0u64;
@@ -598,8 +633,11 @@ fn emit(
                 s.push_str(",\n");
             }
             s += &format!(
-                "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
-                e.offset, e.length, e.depth, e.present, e.zero, e.data
+                "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+                e.offset, e.length, e.depth, e.present, e.zero, e.data,
+                // Data without a plain host mapping is a compressed cluster
+                // (ferro has no external data files or encryption).
+                e.data && e.host_offset.is_none()
             );
             if let Some(h) = e.host_offset {
                 s += &format!(", \"offset\": {h}");
@@ -633,7 +671,7 @@ fn emit(
 }
 
 pub(crate) fn snapshot(args: &[String], ctx: &mut Ctx) -> CmdResult {
-    let p = parse(args, "la:c:d:f:hqU", &with_common(&[])).map_err(Fail::Usage)?;
+    let p = parse(args, "la:c:d:f:hqU", &with_common(&[])).map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut action: Option<(char, String)> = None;
     for (k, v) in p.opts {

@@ -72,8 +72,11 @@ impl Ctx<'_> {
 /// How a command failed.
 #[derive(Debug)]
 pub enum Fail {
-    /// A usage error: message, then "Try 'ferro img --help'", exit 1.
+    /// A usage error: message, then "Try 'ferro img [CMD] --help'", exit 1.
     Usage(String),
+    /// An option-parsing error, in glibc getopt's words; printed after
+    /// "ferro img CMD:" like qemu-img 10 does, then the same "Try" line.
+    Getopt(String),
     /// An error message and an exit code.
     Error(String, i32),
     /// Already reported; just the exit code.
@@ -97,11 +100,21 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     };
     let r = dispatch(args, &mut ctx);
     let _ = ctx.out.flush();
+    // Usage hints name the subcommand once one was recognised.
+    let prog = match args.first().map(String::as_str) {
+        Some(c) if COMMANDS.contains(&c) => format!("{PROG} {c}"),
+        _ => PROG.to_string(),
+    };
     match r {
         Ok(code) | Err(Fail::Code(code)) => code,
         Err(Fail::Usage(m)) => {
             ctx.error(&m);
-            let _ = writeln!(ctx.err, "Try '{PROG} --help' for more information");
+            let _ = writeln!(ctx.err, "Try '{prog} --help' for more info");
+            1
+        }
+        Err(Fail::Getopt(m)) => {
+            let _ = writeln!(ctx.err, "{prog}: {m}");
+            let _ = writeln!(ctx.err, "Try '{prog} --help' for more info");
             1
         }
         Err(Fail::Error(m, code)) => {
@@ -110,6 +123,12 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }
     }
 }
+
+/// The qemu-img subcommands we implement.
+const COMMANDS: &[&str] = &[
+    "create", "info", "check", "map", "snapshot", "convert", "compare", "resize", "commit",
+    "rebase", "bench",
+];
 
 fn dispatch(args: &[String], ctx: &mut Ctx) -> CmdResult {
     let Some(cmd) = args.first() else {
@@ -260,9 +279,9 @@ pub(crate) fn parse_output(v: &str) -> Result<OutFmt, Fail> {
     match v {
         "human" => Ok(OutFmt::Human),
         "json" => Ok(OutFmt::Json),
-        _ => Err(Fail::msg(
-            "--output must be used with human or json as argument.",
-        )),
+        _ => Err(Fail::Usage(format!(
+            "--output expects 'human' or 'json' not '{v}'"
+        ))),
     }
 }
 

@@ -43,7 +43,7 @@ pub(crate) fn convert(args: &[String], ctx: &mut Ctx) -> CmdResult {
         long("bitmaps", HasArg::No, "bitmaps"),
         long("skip-broken-bitmaps", HasArg::No, "skip-broken-bitmaps"),
     ]);
-    let p = parse(args, "hf:O:B:CcF:o:l:S:pt:T:qnm:Wr:U", &longs).map_err(Fail::Usage)?;
+    let p = parse(args, "hf:O:B:CcF:o:l:S:pt:T:qnm:Wr:U", &longs).map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut out_fmt = "raw".to_string();
     let mut base: Option<String> = None;
@@ -308,7 +308,7 @@ fn copy_loop(
 }
 
 pub(crate) fn compare(args: &[String], ctx: &mut Ctx) -> CmdResult {
-    let p = parse(args, "hf:F:T:pqsU", &common()).map_err(Fail::Usage)?;
+    let p = parse(args, "hf:F:T:pqsU", &common()).map_err(Fail::Getopt)?;
     let mut fmt1 = None;
     let mut fmt2 = None;
     let mut strict = false;
@@ -500,7 +500,7 @@ pub(crate) fn resize(args: &[String], ctx: &mut Ctx) -> CmdResult {
     let mut longs = common();
     longs.push(long("shrink", HasArg::No, "shrink"));
     longs.push(long("preallocation", HasArg::Required, "preallocation"));
-    let p = parse(&args[..args.len() - 1], "f:hq", &longs).map_err(Fail::Usage)?;
+    let p = parse(&args[..args.len() - 1], "f:hq", &longs).map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut opts = ResizeOptions::default();
     for (k, v) in p.opts {
@@ -567,7 +567,7 @@ pub(crate) fn resize(args: &[String], ctx: &mut Ctx) -> CmdResult {
 }
 
 pub(crate) fn commit(args: &[String], ctx: &mut Ctx) -> CmdResult {
-    let p = parse(args, "f:ht:b:dpqr:", &common()).map_err(Fail::Usage)?;
+    let p = parse(args, "f:ht:b:dpqr:", &common()).map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut copts = CommitOptions::default();
     let mut progress = false;
@@ -623,7 +623,7 @@ pub(crate) fn commit(args: &[String], ctx: &mut Ctx) -> CmdResult {
 }
 
 pub(crate) fn rebase(args: &[String], ctx: &mut Ctx) -> CmdResult {
-    let p = parse(args, "hf:F:b:upt:T:qUc", &common()).map_err(Fail::Usage)?;
+    let p = parse(args, "hf:F:b:upt:T:qUc", &common()).map_err(Fail::Getopt)?;
     let mut fmt = None;
     let mut backing: Option<String> = None;
     let mut bfmt: Option<String> = None;
