@@ -67,7 +67,8 @@ fn crash_child() {
         .unwrap();
     let mut i = Image::open(Path::new(&img), &OpenOptions::default()).unwrap();
     for (n, op) in ops(seed).enumerate() {
-        writeln!(log, "op {n}").unwrap();
+        // One write(2) per line, so a kill cannot tear it.
+        log.write_all(format!("op {n}\n").as_bytes()).unwrap();
         match op {
             Op::Write { off, len, seed } => i.write_at(&data(seed, len), off).unwrap(),
             Op::Zero { off, len } => i.write_zeroes(off, len).unwrap(),
@@ -80,7 +81,7 @@ fn crash_child() {
             }
             Op::Flush => {
                 i.flush().unwrap();
-                writeln!(log, "flushed {n}").unwrap();
+                log.write_all(format!("flushed {n}\n").as_bytes()).unwrap();
             }
         }
     }
@@ -134,7 +135,9 @@ fn one_crash(dir: &Path, opts: &CreateOptions, seed: u64, kill_after: Duration) 
     let text = std::fs::read_to_string(&log).unwrap();
     let mut last_op: i64 = -1;
     let mut flushed: i64 = -1;
-    for l in text.lines() {
+    // Only whole lines count (belt and braces with the single writes).
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    for l in complete.lines() {
         if let Some(n) = l.strip_prefix("op ") {
             last_op = n.parse().unwrap();
         } else if let Some(n) = l.strip_prefix("flushed ") {

@@ -116,7 +116,9 @@ pub(crate) fn writer(args: &[String], ctx: &mut Ctx) -> CmdResult {
         if op.flush_after {
             img.flush().map_err(e)?;
             let done = op.seq + 1;
-            writeln!(logf, "{done}").map_err(|er| Fail::msg(er.to_string()))?;
+            // One write(2), so a kill cannot leave half a number.
+            logf.write_all(format!("{done}\n").as_bytes())
+                .map_err(|er| Fail::msg(er.to_string()))?;
             logf.sync_all().map_err(|er| Fail::msg(er.to_string()))?;
             let _ = writeln!(ctx.out, "flushed {done}");
             let _ = ctx.out.flush();
