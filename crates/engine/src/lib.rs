@@ -9,7 +9,8 @@
 //! ones `runc spec` writes); `dockerfile-parser` (HPE's pest-based parser,
 //! the most used Dockerfile parser on crates.io, with spans and stage
 //! support) for the build front end; `tar`/`sha2`/`hex` for build layers
-//! and cache keys.
+//! and cache keys; `libcontainer` (the workspace's own OCI runtime) so the
+//! default runtime runs in-process instead of as a `ferro oci` subprocess.
 
 pub mod build;
 pub mod container;

@@ -241,7 +241,8 @@ fn prepare(eng: &Engine, c: &mut Container) -> Result<()> {
     for d in ["upper", "work", "rootfs", "empty"] {
         fs::create_dir_all(dir.join(d))?;
     }
-    mount_rootfs(eng, c)?;
+    // Freshly created: not mounted yet (skips a /proc/self/mountinfo scan).
+    mount_overlay(eng, c)?;
     let rootfs = dir.join("rootfs");
     let netns = match c.config.network.as_str() {
         "bridge" => {
@@ -275,12 +276,20 @@ pub fn mount_rootfs(eng: &Engine, c: &Container) -> Result<()> {
     if images::mount::is_mounted(&rootfs) {
         return Ok(());
     }
-    images::mount::mount_overlay(
+    mount_overlay(eng, c)
+}
+
+fn mount_overlay(eng: &Engine, c: &Container) -> Result<()> {
+    let dir = c.dir(eng);
+    // A --rm container's upper dir is thrown away: no need for overlay to
+    // sync the host filesystem at unmount (tens of ms on a busy disk).
+    images::mount::mount_overlay_opts(
         &c.config.layers,
         &dir.join("upper"),
         &dir.join("work"),
-        &rootfs,
+        &dir.join("rootfs"),
         &dir.join("empty"),
+        c.config.auto_remove,
     )?;
     Ok(())
 }
@@ -362,11 +371,14 @@ pub fn remove(eng: &Engine, c: &Container, force: bool) -> Result<()> {
 /// Tears down everything the container owns (idempotent).
 pub fn remove_files(eng: &Engine, c: &Container) -> Result<()> {
     let (argv, root) = rt(eng, c);
-    let _ = Runtime {
-        argv: &argv,
-        root: &root,
+    // Usually the monitor already deleted it; spare a runtime call then.
+    if root.join(&c.id).exists() {
+        let _ = Runtime {
+            argv: &argv,
+            root: &root,
+        }
+        .delete(&c.id);
     }
-    .delete(&c.id);
     network::teardown(c);
     let dir = c.dir(eng);
     images::mount::unmount(&dir.join("rootfs"))?;

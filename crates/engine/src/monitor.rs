@@ -9,13 +9,14 @@
 
 use crate::container::Container;
 use crate::paths::Engine;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Started};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 
 fn pipe() -> Result<(fs::File, OwnedFd)> {
@@ -160,54 +161,40 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
         let (err_r, err_w) = pipe()?;
         let pidfile = dir.join("init.pid");
         let _ = fs::remove_file(&pidfile);
-        // A stale runtime state (crash, restart) would make create fail.
-        let _ = rt.delete(&c.id);
-        let mut create = rt.cmd();
-        create
-            .arg("create")
-            .arg("--bundle")
-            .arg(&dir)
-            .arg("--pid-file")
-            .arg(&pidfile)
-            .arg(&c.id)
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w));
-        if echo && c.config.interactive {
-            create.stdin(Stdio::inherit());
-        } else {
-            create.stdin(Stdio::null());
-        }
-        let status = create
-            .status()
-            .with_context(|| format!("running the runtime {}", c.config.runtime.join(" ")))?;
-        drop(create);
+        let io = crate::runtime::Stdio3 {
+            stdin: (echo && c.config.interactive).then_some(0),
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let started = rt.create_start(&c.id, &dir, &pidfile, io);
         let t_out = pump(out_r, "stdout", log.clone(), echo);
         let t_err = pump(err_r, "stderr", log.clone(), echo);
-        if !status.success() {
-            let _ = t_out.join();
-            let _ = t_err.join();
-            let tail = crate::logs::tail_text(&dir.join("container.log"), 5);
-            c.refresh(eng)?;
-            c.state.status = "exited".into();
-            c.state.exit_code = 127;
-            c.state.error = format!("runtime create failed: {}", tail.trim());
-            c.save(eng)?;
-            bail!("{}", c.state.error);
-        }
-        let pid: i32 = fs::read_to_string(&pidfile)
-            .context("reading the runtime's pid file")?
-            .trim()
-            .parse()
-            .context("parsing the runtime's pid file")?;
-        if let Err(e) = rt.start(&c.id) {
-            let _ = rt.delete(&c.id);
-            c.refresh(eng)?;
-            c.state.status = "exited".into();
-            c.state.exit_code = 127;
-            c.state.error = format!("{e:#}");
-            c.save(eng)?;
-            return Err(e);
-        }
+        let pid = match started {
+            Ok(Started::Ok(pid)) => pid,
+            Ok(Started::Failed(msg)) => {
+                let _ = t_out.join();
+                let _ = t_err.join();
+                let msg = if msg.is_empty() {
+                    crate::logs::tail_text(&dir.join("container.log"), 5)
+                } else {
+                    msg
+                };
+                c.refresh(eng)?;
+                c.state.status = "exited".into();
+                c.state.exit_code = 127;
+                c.state.error = format!("runtime create failed: {}", msg.trim());
+                c.save(eng)?;
+                bail!("{}", c.state.error);
+            }
+            Err(e) => {
+                c.refresh(eng)?;
+                c.state.status = "exited".into();
+                c.state.exit_code = 127;
+                c.state.error = format!("{e:#}");
+                c.save(eng)?;
+                return Err(e);
+            }
+        };
         c.refresh(eng)?;
         c.state.status = "running".into();
         c.state.pid = pid;
@@ -239,7 +226,10 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
         if again {
             c.state.restart_count += 1;
         }
-        c.save(eng)?;
+        // A --rm container's directory goes away right below.
+        if again || !c.config.auto_remove {
+            c.save(eng)?;
+        }
         if !again {
             break code;
         }
@@ -248,7 +238,10 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
         std::thread::sleep(std::time::Duration::from_millis(ms.min(2000)));
     };
     if c.config.auto_remove {
-        crate::lifecycle::remove_files(eng, &c)?;
+        if let Err(e) = crate::lifecycle::remove_files(eng, &c) {
+            let _ = c.save(eng);
+            return Err(e);
+        }
     }
     Ok(code)
 }
@@ -336,8 +329,12 @@ pub fn inherited_notify_fd() -> Option<fs::File> {
     Some(f)
 }
 
+/// Waits until the container is no longer running or its monitor is gone.
+/// Sleeps on a pidfd of the monitor (woken the moment it exits); a monitor
+/// that outlives the container (restart policy) is re-checked each 100 ms.
 pub fn wait_exited(eng: &Engine, id: &str, timeout: std::time::Duration) -> Result<Container> {
     let deadline = std::time::Instant::now() + timeout;
+    let mut pidfd: Option<(i32, OwnedFd)> = None;
     loop {
         let c = Container::load(eng, id)?;
         let monitor_gone =
@@ -345,11 +342,34 @@ pub fn wait_exited(eng: &Engine, id: &str, timeout: std::time::Duration) -> Resu
         if !c.is_running() || monitor_gone {
             return Ok(c);
         }
-        if std::time::Instant::now() > deadline {
+        let now = std::time::Instant::now();
+        if now > deadline {
             bail!("timed out waiting for container {} to exit", c.short_id());
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        if pidfd.as_ref().map(|p| p.0) != Some(c.state.monitor_pid) {
+            pidfd = pidfd_open(c.state.monitor_pid).map(|fd| (c.state.monitor_pid, fd));
+        }
+        let ms = (deadline - now).as_millis().min(100) as i32;
+        match &pidfd {
+            Some((_, fd)) => {
+                let mut p = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: p is one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, ms) };
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(ms.min(20) as u64)),
+        }
     }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: a non-negative return is a fresh fd we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn exists(p: &Path) -> bool {

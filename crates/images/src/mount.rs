@@ -15,6 +15,22 @@ pub fn mount_overlay(
     target: &Path,
     empty: &Path,
 ) -> Result<()> {
+    mount_overlay_opts(lowers, upper, work, target, empty, false)
+}
+
+/// `mount_overlay`, optionally `volatile`: the overlay then skips syncing
+/// the upper filesystem (on every fsync and at unmount, which otherwise
+/// syncs the whole host filesystem). Only for throwaway upper dirs, which a
+/// host crash may leave inconsistent. Falls back to a normal mount on
+/// kernels without the option (< 5.10).
+pub fn mount_overlay_opts(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    empty: &Path,
+    volatile: bool,
+) -> Result<()> {
     // overlayfs lists the top-most lower first.
     let mut lower: Vec<String> = lowers
         .iter()
@@ -31,12 +47,15 @@ pub fn mount_overlay(
             )));
         }
     }
-    let opts = format!(
+    let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         upper.display(),
         work.display()
     );
+    if volatile {
+        opts.push_str(",volatile");
+    }
     if opts.len() >= 4000 {
         return Err(Error::Invalid(format!(
             "too many layers ({}) for one overlay mount",
@@ -60,9 +79,13 @@ pub fn mount_overlay(
         )
     };
     if r != 0 {
+        let e = io::Error::last_os_error();
+        if volatile && e.raw_os_error() == Some(libc::EINVAL) {
+            return mount_overlay_opts(lowers, upper, work, target, empty, false);
+        }
         return Err(Error::Io {
             context: format!("mounting overlay at {}", target.display()),
-            source: io::Error::last_os_error(),
+            source: e,
         });
     }
     Ok(())
