@@ -124,7 +124,13 @@ impl Runtime<'_> {
 
     /// Creates and starts container `id` from `bundle` with the given stdio;
     /// returns the init's pid. In-process, the init is our child.
-    pub fn create_start(&self, id: &str, bundle: &Path, pidfile: &Path, io: Stdio3) -> Result<Started> {
+    pub fn create_start(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pidfile: &Path,
+        io: Stdio3,
+    ) -> Result<Started> {
         // A stale state (monitor crash, restart) would make create fail;
         // both runc and ferro keep it in `<root>/<id>`.
         if self.root.join(id).exists() {
