@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 /// Where cgroup filesystems are mounted on every distribution we know.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// `statfs` f_type of a cgroup2 filesystem.
+pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// `statfs` f_type of a tmpfs (the v1/hybrid /sys/fs/cgroup).
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,26 +56,40 @@ pub enum Mode {
     V2,
 }
 
-fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+/// The filesystem magic (`statfs` f_type) of `path`, if it can be statted.
+pub fn fs_magic(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statfs writes into the zeroed struct we own; c is NUL-terminated.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+        (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st.f_type as i64)
     }
 }
 
-/// Detects the host's cgroup layout.
-pub fn detect() -> Mode {
-    if is_cgroup2(Path::new(CGROUP_ROOT)) {
+/// The layout implied by the filesystem magics of the cgroup root and of
+/// `<root>/unified` (None: not there).
+pub fn mode_from_magic(root: Option<i64>, unified: Option<i64>) -> Mode {
+    if root == Some(CGROUP2_SUPER_MAGIC) {
         Mode::V2
-    } else if is_cgroup2(&Path::new(CGROUP_ROOT).join("unified")) {
+    } else if unified == Some(CGROUP2_SUPER_MAGIC) {
         Mode::Hybrid
     } else {
         Mode::V1
     }
+}
+
+/// Detects the layout of cgroup filesystems mounted under `root`.
+pub fn detect_at(root: &Path) -> Mode {
+    let r = fs_magic(root);
+    if r == Some(CGROUP2_SUPER_MAGIC) {
+        return Mode::V2;
+    }
+    mode_from_magic(r, fs_magic(&root.join("unified")))
+}
+
+/// Detects the host's cgroup layout.
+pub fn detect() -> Mode {
+    detect_at(Path::new(CGROUP_ROOT))
 }
 
 /// One mounted v1 hierarchy.
@@ -176,6 +193,13 @@ pub struct Manager {
     path: PathBuf,
     /// v1: (controllers, directory) per hierarchy. v2: one entry.
     dirs: Vec<(Vec<String>, PathBuf)>,
+    /// Where the unified (v2) hierarchy is mounted: the cgroup root on v2,
+    /// `<root>/unified` on hybrid hosts, none on pure v1.
+    v2_mount: Option<PathBuf>,
+    /// This cgroup's directory in the unified hierarchy. On hybrid hosts it
+    /// holds no controllers, but runc joins it too (`0::/<path>` in
+    /// /proc/PID/cgroup), and cgroup.kill works there.
+    unified: Option<PathBuf>,
 }
 
 /// Turns the spec's `cgroupsPath` into an absolute path inside the
@@ -206,25 +230,152 @@ pub fn cgroup_path(spec: Option<&Path>, id: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// `path` relative to a hierarchy's root, refusing `..`.
+fn rel_path(path: &Path) -> Result<&Path> {
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::Msg(format!(
+            "cgroup path {} must not contain '..'",
+            path.display()
+        )));
+    }
+    Ok(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Enables the resource controllers the v2 root offers in every
+/// `cgroup.subtree_control` from the root down to `dir`'s parent (v2 only
+/// lets a cgroup use controllers its parent delegates). Controllers already
+/// enabled are not written again: each write walks the subtree.
+fn enable_v2_controllers(mount: &Path, dir: &Path) -> Result<()> {
+    let avail = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+    let want: Vec<&str> = avail
+        .split_whitespace()
+        .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb"))
+        .collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    let rel = dir.strip_prefix(mount).unwrap_or(dir);
+    let mut cur = mount.to_path_buf();
+    for comp in rel.components() {
+        let ctl = cur.join("cgroup.subtree_control");
+        let on = fs::read_to_string(&ctl).unwrap_or_default();
+        let on: Vec<&str> = on
+            .split_whitespace()
+            .map(|c| c.trim_start_matches('+'))
+            .collect();
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|c| !on.contains(c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !missing.is_empty() && fs::write(&ctl, missing.join(" ")).is_err() {
+            // One refused controller fails the whole write; the rest are
+            // still wanted, so go one by one (best effort, as runc).
+            for c in &missing {
+                let _ = fs::write(&ctl, c);
+            }
+        }
+        cur.push(comp);
+    }
+    Ok(())
+}
+
+/// Handles, opened by the runtime before it clones the container's init
+/// (or an exec'd process), with which that process joins the cgroup itself.
+///
+/// Moving a whole process (`cgroup.procs`) takes the cgroup threadgroup
+/// lock for writing, whose first writer waits for an RCU grace period
+/// (5-20 ms). A single-threaded process that writes `0` to a v1 `tasks`
+/// file moves only itself, which the kernel does without that lock; on the
+/// unified hierarchy `clone3(CLONE_INTO_CGROUP)` places the child at birth.
+/// The files are opened here, by the runtime, because cgroup v1 checks the
+/// opener's credentials (the child may already be in a user namespace).
+#[derive(Debug)]
+pub struct Join {
+    tasks: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+    unified_dir: Option<std::os::fd::OwnedFd>,
+    unified_procs: Option<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl Join {
+    /// The unified cgroup's directory fd, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn cgroup_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.unified_dir.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// Run in the new, single-threaded child: joins every v1 hierarchy
+    /// through `tasks`, and the unified one through `cgroup.procs` unless
+    /// `placed_v2` (clone3 already put it there). Allocates nothing unless
+    /// it fails.
+    pub fn join_self(&self, placed_v2: bool) -> Result<()> {
+        let procs = self.unified_procs.iter().filter(|_| !placed_v2);
+        for (path, fd) in self.tasks.iter().chain(procs) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: writing one byte from a static buffer to an fd we own.
+            let n = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+            if n != 1 {
+                return Err(io_err(path, io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_fd(path: &Path, flags: libc::c_int) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Msg(format!("{} contains a NUL byte", path.display())))?;
+    // SAFETY: c is NUL-terminated; the returned fd is ours to own.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io_err(path, io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 impl Manager {
     /// Describes (does not create) the cgroup at `path` on this host.
     pub fn new(path: &Path) -> Result<Self> {
-        let mode = detect();
-        let rel = path.strip_prefix("/").unwrap_or(path);
-        let dirs = match mode {
-            Mode::V2 => vec![(Vec::new(), Path::new(CGROUP_ROOT).join(rel))],
-            Mode::V1 | Mode::Hybrid => v1_hierarchies()?
-                .into_iter()
-                .map(|h| (h.controllers.clone(), h.mountpoint.join(rel)))
-                .collect(),
-        };
-        if dirs.is_empty() {
-            return Err(Error::Msg("no cgroup hierarchy is mounted".into()));
+        let root = Path::new(CGROUP_ROOT);
+        match detect_at(root) {
+            Mode::V2 => Self::v2(root, path),
+            mode => {
+                let rel = rel_path(path)?;
+                let dirs: Vec<_> = v1_hierarchies()?
+                    .into_iter()
+                    .map(|h| (h.controllers.clone(), h.mountpoint.join(rel)))
+                    .collect();
+                if dirs.is_empty() {
+                    return Err(Error::Msg("no cgroup hierarchy is mounted".into()));
+                }
+                let v2_mount = (mode == Mode::Hybrid).then(|| root.join("unified"));
+                Ok(Manager {
+                    mode,
+                    path: path.to_path_buf(),
+                    dirs,
+                    unified: v2_mount.as_ref().map(|m| m.join(rel)),
+                    v2_mount,
+                })
+            }
         }
+    }
+
+    /// A cgroup-v2-only manager for the unified hierarchy mounted at
+    /// `mount` (the host's /sys/fs/cgroup on v2 hosts; any cgroup2 mount,
+    /// or a directory laid out like one in tests).
+    pub fn v2(mount: &Path, path: &Path) -> Result<Self> {
+        let dir = mount.join(rel_path(path)?);
         Ok(Manager {
-            mode,
+            mode: Mode::V2,
             path: path.to_path_buf(),
-            dirs,
+            dirs: vec![(Vec::new(), dir.clone())],
+            v2_mount: Some(mount.to_path_buf()),
+            unified: Some(dir),
         })
     }
 
@@ -252,6 +403,25 @@ impl Manager {
         &self.dirs
     }
 
+    /// This cgroup's directory in the unified hierarchy (v2 and hybrid).
+    pub fn unified_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
+    /// The v1 hierarchies' directories (none on v2).
+    fn v1_dirs(&self) -> impl Iterator<Item = &Path> {
+        let v1 = self.mode != Mode::V2;
+        self.dirs
+            .iter()
+            .filter(move |_| v1)
+            .map(|(_, d)| d.as_path())
+    }
+
+    /// Every directory of this cgroup: the v1 ones, then the unified one.
+    fn all_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.v1_dirs().chain(self.unified.as_deref())
+    }
+
     /// Creates the cgroup directories (and parents) in every hierarchy.
     pub fn create(&self) -> Result<()> {
         for (ctrls, dir) in &self.dirs {
@@ -261,48 +431,32 @@ impl Manager {
                 fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
             }
         }
-        if self.mode == Mode::V2 {
-            self.enable_v2_controllers()?;
-        }
-        Ok(())
-    }
-
-    fn enable_v2_controllers(&self) -> Result<()> {
-        let root = Path::new(CGROUP_ROOT);
-        let avail = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        let want: Vec<&str> = avail
-            .split_whitespace()
-            .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb"))
-            .collect();
-        let mut cur = root.to_path_buf();
-        let rel = self.path.strip_prefix("/").unwrap_or(&self.path);
-        for comp in rel.components() {
-            let ctl = cur.join("cgroup.subtree_control");
-            for c in &want {
-                // Best effort: a controller may be unavailable further down.
-                let _ = fs::write(&ctl, format!("+{c}"));
+        if let (Some(mount), Some(dir)) = (&self.v2_mount, &self.unified) {
+            if self.mode != Mode::V2 {
+                fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
             }
-            cur.push(comp);
+            enable_v2_controllers(mount, dir)?;
         }
         Ok(())
     }
 
     /// Moves `pid` (a whole process) into the cgroup in every hierarchy.
-    /// On v1 each write takes the cgroup threadgroup lock, whose first
-    /// writer waits for an RCU grace period; writing all hierarchies at once
-    /// lets them share one grace period instead of queueing.
+    /// Each write takes the cgroup threadgroup lock, whose first writer
+    /// waits for an RCU grace period; writing all hierarchies at once lets
+    /// them share one grace period instead of queueing. A process can avoid
+    /// the lock altogether by joining itself: see [`Manager::open_join`].
     pub fn add_task(&self, pid: i32) -> Result<()> {
         let p = pid.to_string();
-        if self.dirs.len() == 1 {
-            return write(&self.dirs[0].1, "cgroup.procs", &p);
+        let dirs: Vec<&Path> = self.all_dirs().collect();
+        if dirs.len() == 1 {
+            return write(dirs[0], "cgroup.procs", &p);
         }
         std::thread::scope(|s| {
             // Spawning fails after setns into another pid namespace (exec):
             // then that hierarchy is written inline.
-            let hs: Vec<_> = self
-                .dirs
+            let hs: Vec<_> = dirs
                 .iter()
-                .map(|(_, dir)| {
+                .map(|dir| {
                     std::thread::Builder::new()
                         .spawn_scoped(s, || write(dir, "cgroup.procs", &p))
                         .map_err(|_| write(dir, "cgroup.procs", &p))
@@ -320,11 +474,63 @@ impl Manager {
         Ok(())
     }
 
+    /// Opens the handles a new process uses to join this (created) cgroup
+    /// itself; see [`Join`].
+    pub fn open_join(&self) -> Result<Join> {
+        let tasks = self
+            .v1_dirs()
+            .map(|d| {
+                let p = d.join("tasks");
+                open_fd(&p, libc::O_WRONLY).map(|fd| (p, fd))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (unified_dir, unified_procs) = match &self.unified {
+            Some(d) => {
+                let p = d.join("cgroup.procs");
+                (
+                    Some(open_fd(d, libc::O_RDONLY | libc::O_DIRECTORY)?),
+                    Some((p.clone(), open_fd(&p, libc::O_WRONLY)?)),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(Join {
+            tasks,
+            unified_dir,
+            unified_procs,
+        })
+    }
+
+    /// Sends `sig` to every process in the cgroup. SIGKILL goes through
+    /// the unified hierarchy's `cgroup.kill` when there is one (atomic:
+    /// processes forking meanwhile cannot escape); otherwise each listed
+    /// process is signalled.
+    pub fn kill(&self, sig: libc::c_int) -> Result<()> {
+        if sig == libc::SIGKILL {
+            if let Some(d) = &self.unified {
+                match write(d, "cgroup.kill", "1") {
+                    Ok(()) if self.mode == Mode::V2 => return Ok(()),
+                    // Hybrid: also signal what the v1 hierarchies list.
+                    Ok(()) => {}
+                    // Kernels before 5.14 have no cgroup.kill.
+                    Err(_) if !d.join("cgroup.kill").exists() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for p in self.pids()? {
+            // SAFETY: kill(2) with integer arguments.
+            unsafe { libc::kill(p, sig) };
+        }
+        Ok(())
+    }
+
     /// Processes in the cgroup.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let dir = self
             .dir("pids")
             .or_else(|| self.dir("memory"))
+            .or(self.unified.as_deref())
             .unwrap_or(&self.dirs[0].1);
         let p = dir.join("cgroup.procs");
         match fs::read_to_string(&p) {
@@ -486,41 +692,42 @@ impl Manager {
         Ok(())
     }
 
+    /// The cgroup v2 files, written with runc's (1.1) conversions.
     fn apply_v2(&self, r: &LinuxResources) -> Result<()> {
         let d = &self.dirs[0].1;
         if let Some(m) = r.memory() {
-            if let Some(l) = m.limit() {
-                write(d, "memory.max", &v2_limit(l))?;
-                if let Some(s) = m.swap() {
-                    // OCI swap is memory+swap; v2 counts swap alone.
-                    let sw = if s < 0 || l < 0 {
-                        "max".to_string()
-                    } else {
-                        (s.saturating_sub(l)).max(0).to_string()
-                    };
-                    write(d, "memory.swap.max", &sw)?;
-                }
+            let (limit, swap) = (m.limit().unwrap_or(0), m.swap().unwrap_or(0));
+            if let Some(sw) = v2_swap(swap, limit)? {
+                write(d, "memory.swap.max", &sw)?;
             }
-            if let Some(v) = m.reservation() {
-                write(d, "memory.low", &v2_limit(v))?;
+            if let Some(v) = v2_num(limit) {
+                write(d, "memory.max", &v)?;
+            }
+            if let Some(v) = v2_num(m.reservation().unwrap_or(0)) {
+                write(d, "memory.low", &v)?;
             }
         }
         if let Some(c) = r.cpu() {
-            if let Some(s) = c.shares() {
-                let w = if s == 0 {
-                    100
-                } else {
-                    1 + ((s.max(2) - 2) * 9999) / 262142
-                };
+            if let Some(w) = c.shares().and_then(shares_to_weight) {
                 write(d, "cpu.weight", &w.to_string())?;
             }
-            if c.quota().is_some() || c.period().is_some() {
-                let q = match c.quota() {
-                    Some(q) if q > 0 => q.to_string(),
-                    _ => "max".into(),
+            let (quota, period) = (c.quota().unwrap_or(0), c.period().unwrap_or(0));
+            if quota != 0 || period != 0 {
+                // No period: the kernel keeps the cgroup's (runc does the same).
+                let mut v = if quota > 0 {
+                    quota.to_string()
+                } else {
+                    "max".to_string()
                 };
-                let p = c.period().unwrap_or(100_000);
-                write(d, "cpu.max", &format!("{q} {p}"))?;
+                if period != 0 {
+                    v = format!("{v} {period}");
+                }
+                write(d, "cpu.max", &v)?;
+            }
+            if c.realtime_period().is_some() || c.realtime_runtime().is_some() {
+                return Err(Error::Msg(
+                    "cpu realtime period/runtime need the cgroup v1 cpu controller".into(),
+                ));
             }
             if let Some(v) = c.cpus() {
                 write(d, "cpuset.cpus", v)?;
@@ -538,10 +745,23 @@ impl Manager {
             write(d, "pids.max", &v)?;
         }
         if let Some(b) = r.block_io() {
-            if let Some(w) = b.weight() {
-                // blkio weight 10..1000 maps onto io.weight 1..10000.
-                let w = 1 + (u64::from(w).saturating_sub(10)) * 9999 / 990;
-                write(d, "io.weight", &w.to_string())?;
+            if let Some(w) = b.weight().filter(|w| *w != 0) {
+                // The BFQ scheduler takes the v1 value as is; otherwise
+                // io.weight with runc's 10..1000 -> 1..10000 mapping.
+                if d.join("io.bfq.weight").exists() {
+                    write(d, "io.bfq.weight", &w.to_string())?;
+                } else {
+                    write(d, "io.weight", &blkio_to_io_weight(w).to_string())?;
+                }
+            }
+            for wd in b.weight_device().iter().flatten() {
+                if let Some(w) = wd.weight() {
+                    write(
+                        d,
+                        "io.bfq.weight",
+                        &format!("{}:{} {w}", wd.major(), wd.minor()),
+                    )?;
+                }
             }
             let thr = [
                 ("rbps", b.throttle_read_bps_device()),
@@ -592,7 +812,7 @@ impl Manager {
                 s.cpu.throttled_periods = kv(&cpu, "nr_throttled");
                 s.memory.usage = read_u64(&d.join("memory.current"));
                 s.memory.max_usage = read_u64(&d.join("memory.peak"));
-                s.memory.limit = read_u64(&d.join("memory.max"));
+                s.memory.limit = read_max(&d.join("memory.max"));
                 let ev = read_kv(&d.join("memory.events"));
                 s.memory.failcnt = kv(&ev, "max");
                 s.memory.oom_kill = kv(&ev, "oom_kill");
@@ -655,7 +875,7 @@ impl Manager {
     /// Removes the cgroup directories, waiting (bounded) for exiting tasks.
     pub fn destroy(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, dir) in &self.dirs {
+        for dir in self.all_dirs() {
             loop {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
@@ -733,12 +953,56 @@ fn v1_limit(v: i64) -> String {
     }
 }
 
-fn v2_limit(v: i64) -> String {
-    if v < 0 {
-        "max".into()
-    } else {
-        v.to_string()
+/// runc's numToStr: 0 is unset, -1 (any negative) unlimited.
+fn v2_num(v: i64) -> Option<String> {
+    match v {
+        0 => None,
+        v if v < 0 => Some("max".into()),
+        v => Some(v.to_string()),
     }
+}
+
+/// memory.swap.max from the OCI memory+swap total and memory limit, as
+/// runc's ConvertMemorySwapToCgroupV2Value (v2 counts swap alone).
+pub fn v2_swap(swap: i64, limit: i64) -> Result<Option<String>> {
+    if limit == -1 && swap == 0 {
+        // Unlimited memory and no swap given: unlimited swap too (v1 parity).
+        return Ok(Some("max".into()));
+    }
+    if swap == -1 {
+        return Ok(Some("max".into()));
+    }
+    if swap == 0 {
+        return Ok(None);
+    }
+    if limit == 0 || limit == -1 {
+        return Err(Error::Msg(
+            "memory.swap needs a memory.limit on cgroup v2".into(),
+        ));
+    }
+    if limit < 0 || swap < 0 {
+        return Err(Error::Msg(format!(
+            "invalid memory limit {limit} / swap {swap}"
+        )));
+    }
+    if swap < limit {
+        return Err(Error::Msg(format!(
+            "memory.swap {swap} (memory+swap) is below memory.limit {limit}"
+        )));
+    }
+    Ok(Some((swap - limit).to_string()))
+}
+
+/// cpu.weight from v1 cpu.shares, runc 1.1's linear map of 2..262144 onto
+/// 1..10000 (0: unset). Out-of-range shares are clamped like the v1 kernel
+/// clamps them.
+pub fn shares_to_weight(shares: u64) -> Option<u64> {
+    (shares != 0).then(|| 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142)
+}
+
+/// io.weight from v1 blkio.weight (10..1000 onto 1..10000), as runc.
+pub fn blkio_to_io_weight(w: u16) -> u64 {
+    1 + (u64::from(w.clamp(10, 1000)) - 10) * 9999 / 990
 }
 
 /// Writes one cgroup control file.
@@ -756,6 +1020,15 @@ fn read_u64(p: &Path) -> u64 {
 
 fn read_limit0(p: &Path) -> u64 {
     read_u64(p)
+}
+
+/// A v2 limit file: "max" is u64::MAX.
+fn read_max(p: &Path) -> u64 {
+    match fs::read_to_string(p) {
+        Ok(s) if s.trim() == "max" => u64::MAX,
+        Ok(s) => s.trim().parse().unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 fn read_kv(p: &Path) -> Vec<(String, u64)> {

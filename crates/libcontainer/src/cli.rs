@@ -186,6 +186,7 @@ pub struct ExecArgs {
 
 /// Runs the command; returns the process exit code.
 pub fn main(a: OciArgs) -> i32 {
+    crate::trace("start");
     match dispatch(&a) {
         Ok(c) => c,
         Err(e) => {

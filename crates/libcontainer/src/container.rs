@@ -129,6 +129,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
     crate::config::validate_id(&o.id)?;
     let bundle = std::path::absolute(&o.bundle).context("bundle path")?;
     let spec = crate::config::load(&bundle)?;
+    crate::trace("config loaded");
     let process = spec
         .process()
         .clone()
@@ -158,6 +159,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
         Some(sc) => Some(crate::seccomp::build(sc, nnp)?),
         None => None,
     };
+    crate::trace("seccomp built");
 
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -179,6 +181,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
     };
     let mgr = libcgroups::Manager::new(&cg_path)?;
     mgr.create()?;
+    crate::trace("cgroup mkdir");
     undo.cgroup = Some(mgr.clone());
     let mut res = linux
         .resources()
@@ -186,6 +189,8 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
         .unwrap_or_else(LinuxResources::default);
     res.set_devices(Some(device_rules(&spec)));
     mgr.apply(&res)?;
+    let join = mgr.open_join()?;
+    crate::trace("cgroup created");
 
     let fifo = match via {
         StartVia::Fifo => {
@@ -242,7 +247,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
     }
 
     let (parent, child) = Chan::pair()?;
-    let pid = sys::clone_fork(flags).context("clone")?;
+    let (pid, placed_v2) = sys::clone_into(flags, join.cgroup_fd()).context("clone")?;
     if pid == 0 {
         drop(parent);
         init::main(InitArgs {
@@ -260,12 +265,16 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
             new_utsns: new_uts,
             new_cgroupns: new_cg,
             cgroup: Some(&mgr),
+            join: Some(&join),
+            placed_v2,
             exec: false,
             seccomp: seccomp.as_ref(),
             preserve_fds: o.preserve_fds,
         });
     }
     drop(child);
+    drop(join);
+    crate::trace("cloned");
     for (fd, _) in &joins {
         sys::close(*fd);
     }
@@ -274,7 +283,6 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
     if new_user {
         write_id_maps(pid, &spec)?;
     }
-    mgr.add_task(pid)?;
     parent.send(&Msg::Pid(pid))?;
     parent.send(&Msg::Go)?;
     let annotations = spec.annotations().clone().unwrap_or_default();
@@ -308,7 +316,10 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
                 }
                 parent.send(&Msg::HooksDone)?;
             }
-            Ok(Msg::Ready) => break,
+            Ok(Msg::Ready) => {
+                crate::trace("init ready");
+                break;
+            }
             Ok(Msg::Error(e)) => bail!("{e}"),
             Ok(m) => bail!("container init sent unexpected {m:?}"),
             Err(e) => bail!("container init exited during setup: {e}"),
@@ -328,6 +339,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
         config: spec,
     };
     state::save(&o.root, &saved)?;
+    crate::trace("state saved");
     if let Some(p) = &o.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -419,6 +431,7 @@ pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
         tty_proxy(t)?;
     }
     let code = sys::wait_exit(pid).context("waiting for the container")?;
+    crate::trace("container exited");
     FWD_PID.store(0, Ordering::Relaxed);
     if let Ok(m) = libcgroups::Manager::new(&c.container.saved.cgroup_path) {
         if m.stats().map(|s| s.memory.oom_kill > 0).unwrap_or(false) {
@@ -431,6 +444,7 @@ pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     if !keep {
         c.container.delete(true)?;
     }
+    crate::trace("deleted");
     Ok(code)
 }
 
@@ -510,9 +524,7 @@ impl Container {
         }
         if all {
             let cg = self.cgroup()?;
-            for p in cg.pids()? {
-                let _ = sys::kill(p, sig);
-            }
+            cg.kill(sig)?;
             if st == Status::Paused && sig == libc::SIGKILL {
                 let _ = cg.freeze(false);
             }
@@ -547,7 +559,9 @@ impl Container {
                 self.saved.pid
             );
         }
+        crate::trace("delete: init gone");
         self.cleanup()?;
+        crate::trace("delete: cleaned up");
         let hooks = self
             .saved
             .config
@@ -564,10 +578,10 @@ impl Container {
     fn cleanup(&self) -> Result<()> {
         if let Ok(cg) = self.cgroup() {
             // Stray processes (no pid namespace) must go before rmdir.
-            for p in cg.pids().unwrap_or_default() {
-                let _ = sys::kill(p, libc::SIGKILL);
-            }
+            let _ = cg.kill(libc::SIGKILL);
+            crate::trace("cleanup: killed strays");
             cg.destroy()?;
+            crate::trace("cleanup: cgroup removed");
         }
         std::fs::remove_dir_all(self.dir())
             .with_context(|| format!("removing {}", self.dir().display()))
@@ -657,9 +671,9 @@ impl Container {
             sys::setns(fd, libc::CLONE_NEWPID).context("joining the container's pid namespace")?;
             sys::close(fd);
         }
-        let cg = self.cgroup()?;
+        let join = self.cgroup()?.open_join()?;
         let (parent, child) = Chan::pair()?;
-        let pid = sys::clone_fork(0).context("fork")?;
+        let (pid, placed_v2) = sys::clone_into(0, join.cgroup_fd()).context("fork")?;
         if pid == 0 {
             drop(parent);
             init::main(InitArgs {
@@ -677,6 +691,8 @@ impl Container {
                 new_utsns: false,
                 new_cgroupns: false,
                 cgroup: None,
+                join: Some(&join),
+                placed_v2,
                 exec: true,
                 seccomp: seccomp.as_ref(),
                 preserve_fds,
@@ -687,8 +703,8 @@ impl Container {
         for (fd, _) in &joins {
             sys::close(*fd);
         }
+        drop(join);
         let r = (|| -> Result<()> {
-            cg.add_task(pid)?;
             parent.send(&Msg::Pid(pid))?;
             parent.send(&Msg::Go)?;
             wait_exec(&parent)

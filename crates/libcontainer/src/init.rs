@@ -31,6 +31,10 @@ pub struct InitArgs<'a> {
     pub new_utsns: bool,
     pub new_cgroupns: bool,
     pub cgroup: Option<&'a libcgroups::Manager>,
+    /// Handles to join the cgroup with, first thing (see libcgroups::Join).
+    pub join: Option<&'a libcgroups::Join>,
+    /// clone3 already placed us in the unified cgroup.
+    pub placed_v2: bool,
     /// `exec`: enter a running container (no rootfs, no start wait).
     pub exec: bool,
     pub seccomp: Option<&'a libseccomp::ScmpFilterContext>,
@@ -68,6 +72,10 @@ fn hooks_of(spec: &Spec, f: impl Fn(&oci_spec::runtime::Hooks) -> &Option<Vec<Ho
 
 /// Returns only on error (the Ok arm is the exec failure).
 fn run(a: &InitArgs) -> Result<anyhow::Error> {
+    if let Some(j) = a.join {
+        j.join_self(a.placed_v2).context("joining the cgroup")?;
+    }
+    crate::trace("init: in cgroup");
     let host_pid = match a.chan.recv().context("waiting for the runtime")? {
         Msg::Pid(p) => p,
         m => bail!("runtime sent {m:?}, expected the pid"),
@@ -118,6 +126,7 @@ fn run(a: &InitArgs) -> Result<anyhow::Error> {
             };
             rootfs::prepare_root(&ctx)?;
             rootfs::mount_all(&ctx)?;
+            crate::trace("init: mounted");
         }
         #[allow(deprecated)]
         let runtime_hooks = !hooks_of(a.spec, |h| h.prestart()).is_empty()
@@ -139,7 +148,9 @@ fn run(a: &InitArgs) -> Result<anyhow::Error> {
             let cwd = sys::secure_join(a.rootfs, a.process.cwd())?;
             let _ = std::fs::create_dir_all(cwd);
             rootfs::pivot(a.rootfs)?;
+            crate::trace("init: pivoted");
             rootfs::finalize(a.spec)?;
+            crate::trace("init: finalized");
         } else if !a.joins.iter().any(|(_, t)| *t == libc::CLONE_NEWNS) {
             bail!("the container needs a mount namespace (add {{\"type\": \"mount\"}} to linux.namespaces)");
         }
@@ -203,6 +214,7 @@ fn run(a: &InitArgs) -> Result<anyhow::Error> {
         // SAFETY: plain syscall.
         unsafe { libc::umask(m as libc::mode_t) };
     }
+    crate::trace("init: creds set");
     if !a.exec {
         a.chan.send(&Msg::Ready)?;
         // `run` (no fifo): create and start are one operation, no round trip.

@@ -34,3 +34,19 @@ pub mod sync;
 pub mod sys;
 
 pub use container::Container;
+
+/// With `FERRO_OCI_TRACE` set, prints a timestamp (µs since the first
+/// call, the CLI's start) and `what` to stderr: where the wall time of
+/// create/run/delete goes, without strace's overhead.
+pub fn trace(what: &str) {
+    static T0: std::sync::OnceLock<Option<std::time::Instant>> = std::sync::OnceLock::new();
+    let t0 =
+        T0.get_or_init(|| std::env::var_os("FERRO_OCI_TRACE").map(|_| std::time::Instant::now()));
+    if let Some(t0) = t0 {
+        eprintln!(
+            "ferro-oci trace {:>6} us pid {}: {what}",
+            t0.elapsed().as_micros(),
+            std::process::id()
+        );
+    }
+}
