@@ -734,3 +734,86 @@ fn foreground_terminal_is_proxied_like_runc() {
         "{out}"
     );
 }
+
+/// The hierarchies of /proc/PID/cgroup ("N:controllers") and the paths.
+fn cgroup_lines(text: &str) -> (Vec<String>, Vec<String>) {
+    text.lines()
+        .filter_map(|l| l.rsplit_once(':'))
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unzip()
+}
+
+fn state_pid(rt: &Rt, id: &str) -> i64 {
+    let st: Value = serde_json::from_str(&rt.ok(&["state", id])).unwrap();
+    st["pid"].as_i64().unwrap()
+}
+
+/// The init and exec'd processes join their cgroups themselves (v1 `tasks`,
+/// clone3 into the unified one): they must end up in the same hierarchies
+/// as runc's init, in ferro's cgroup in each.
+#[test]
+fn cgroup_membership_matches_runc() {
+    let b = Bundle::new(&["sleep", "30"]);
+    let (runc, ferro) = (Rt::runc(), Rt::ferro());
+    let (rid, fid) = (unique("cgr"), unique("cgf"));
+    runc.bg(&["run", "-d", "-b", b.path().to_str().unwrap(), &rid]);
+    ferro.bg(&["run", "-d", "-b", b.path().to_str().unwrap(), &fid]);
+    let read = |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let runc_cg = read(state_pid(&runc, &rid));
+    let ferro_cg = read(state_pid(&ferro, &fid));
+    runc.ok(&["delete", "-f", &rid]);
+    let (runc_h, _) = cgroup_lines(&runc_cg);
+    let (ferro_h, ferro_p) = cgroup_lines(&ferro_cg);
+    assert_eq!(ferro_h, runc_h, "runc:\n{runc_cg}\nferro:\n{ferro_cg}");
+    let want = format!("/ferro/{fid}");
+    assert!(ferro_p.iter().all(|p| *p == want), "{ferro_cg}");
+    let exec_cg = ferro.ok(&["exec", &fid, "cat", "/proc/self/cgroup"]);
+    assert_eq!(exec_cg, ferro_cg, "exec'd process vs init");
+    ferro.ok(&["delete", "-f", &fid]);
+    if libcgroups::detect() != libcgroups::Mode::V1 {
+        let unified = match libcgroups::detect() {
+            libcgroups::Mode::V2 => PathBuf::from("/sys/fs/cgroup"),
+            _ => PathBuf::from("/sys/fs/cgroup/unified"),
+        };
+        assert!(
+            !unified.join("ferro").join(&fid).exists(),
+            "unified cgroup left"
+        );
+    }
+}
+
+/// clone3(CLONE_INTO_CGROUP): the child is born in the unified cgroup.
+#[test]
+fn clone_into_places_the_child_in_the_unified_cgroup() {
+    let mode = libcgroups::detect();
+    assert_ne!(
+        mode,
+        libcgroups::Mode::V1,
+        "this host mounts no cgroup2 hierarchy"
+    );
+    let path = PathBuf::from(format!("/ferro-test-clone3-{}", std::process::id()));
+    let m = libcgroups::Manager::new(&path).unwrap();
+    m.create().unwrap();
+    let join = m.open_join().unwrap();
+    let (pid, placed) = libcontainer::sys::clone_into(0, join.cgroup_fd()).unwrap();
+    if pid == 0 {
+        // SAFETY: the forked child of a multi-threaded test only pauses.
+        unsafe {
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    drop(join);
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // SAFETY: signalling our own child (it may not be in the cgroup).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let code = libcontainer::sys::wait_exit(pid).unwrap();
+    m.destroy().unwrap();
+    assert!(placed, "clone3(CLONE_INTO_CGROUP) failed on this kernel");
+    assert!(
+        cg.lines().any(|l| l == format!("0::{}", path.display())),
+        "{cg}"
+    );
+    assert_eq!(code, 128 + libc::SIGKILL);
+}
