@@ -206,6 +206,7 @@ fn stats_are_read_from_the_v2_files() {
     assert_eq!(s.memory.limit, u64::MAX, "max is unlimited");
     assert_eq!(s.memory.failcnt, 3);
     assert_eq!(s.memory.oom_kill, 1);
+    assert_eq!(m.oom_kills(), 1);
     assert_eq!(s.pids.current, 5);
     assert_eq!(s.pids.limit, 0, "max pids is reported as 0 (unlimited)");
     assert_eq!(s.cpu.usage_total, 1_500_000);

@@ -44,6 +44,8 @@ pub struct Created {
     chan: Chan,
     /// Our end of the console socket when we proxy the terminal ourselves.
     tty: Option<std::os::unix::net::UnixStream>,
+    /// The cgroup, so `run` need not look the hierarchies up again.
+    cgroup: libcgroups::Manager,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
@@ -353,6 +355,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
         },
         chan: parent,
         tty: tty_local,
+        cgroup: mgr,
     })
 }
 
@@ -419,7 +422,7 @@ pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     let pid = c.container.saved.pid;
     if let Err(e) = wait_exec(&c.chan) {
         let _ = sys::wait_exit(pid);
-        let _ = c.container.cleanup();
+        let _ = c.container.cleanup(Some(&c.cgroup));
         return Err(e);
     }
     c.container.poststart();
@@ -433,16 +436,14 @@ pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     let code = sys::wait_exit(pid).context("waiting for the container")?;
     crate::trace("container exited");
     FWD_PID.store(0, Ordering::Relaxed);
-    if let Ok(m) = libcgroups::Manager::new(&c.container.saved.cgroup_path) {
-        if m.stats().map(|s| s.memory.oom_kill > 0).unwrap_or(false) {
-            eprintln!(
-                "ferro oci: container {} was OOM-killed (memory limit)",
-                o.id
-            );
-        }
+    if c.cgroup.oom_kills() > 0 {
+        eprintln!(
+            "ferro oci: container {} was OOM-killed (memory limit)",
+            o.id
+        );
     }
     if !keep {
-        c.container.delete(true)?;
+        c.container.delete_in(true, Some(&c.cgroup))?;
     }
     crate::trace("deleted");
     Ok(code)
@@ -536,6 +537,11 @@ impl Container {
     /// `delete`: removes a stopped (or created) container; `force` kills a
     /// running one first.
     pub fn delete(&self, force: bool) -> Result<()> {
+        self.delete_in(force, None)
+    }
+
+    /// `delete` with the cgroup already looked up (`run`).
+    fn delete_in(&self, force: bool, cg: Option<&libcgroups::Manager>) -> Result<()> {
         match self.status() {
             Status::Stopped => {}
             Status::Created => {
@@ -560,7 +566,7 @@ impl Container {
             );
         }
         crate::trace("delete: init gone");
-        self.cleanup()?;
+        self.cleanup(cg)?;
         crate::trace("delete: cleaned up");
         let hooks = self
             .saved
@@ -575,8 +581,16 @@ impl Container {
         Ok(())
     }
 
-    fn cleanup(&self) -> Result<()> {
-        if let Ok(cg) = self.cgroup() {
+    fn cleanup(&self, cg: Option<&libcgroups::Manager>) -> Result<()> {
+        let found;
+        let cg = match cg {
+            Some(c) => Ok(c),
+            None => {
+                found = self.cgroup();
+                found.as_ref().map_err(|_| ())
+            }
+        };
+        if let Ok(cg) = cg {
             // Stray processes (no pid namespace) must go before rmdir.
             let _ = cg.kill(libc::SIGKILL);
             crate::trace("cleanup: killed strays");
