@@ -12,6 +12,7 @@
 //! and cache keys; `libcontainer` (the workspace's own OCI runtime) so the
 //! default runtime runs in-process instead of as a `ferro oci` subprocess.
 
+pub mod attach;
 pub mod build;
 pub mod container;
 pub mod lifecycle;
@@ -239,8 +240,19 @@ pub enum ContainerCmd {
     },
     /// Build an image from a Dockerfile.
     Build(build::BuildArgs),
+    /// Attach to a running -t container's terminal (detach: ctrl-p ctrl-q).
+    Attach {
+        /// Do not forward stdin.
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        container: String,
+    },
     #[command(name = "_monitor", hide = true)]
-    Monitor { id: String },
+    Monitor {
+        #[arg(long = "wait-attach")]
+        wait_attach: bool,
+        id: String,
+    },
 }
 
 fn auth_from(f: &RegistryFlags) -> images::registry::Auth {
@@ -419,16 +431,29 @@ fn status_text(c: &Container) -> String {
 fn dispatch(a: ContainerArgs) -> Result<i32> {
     let eng = Engine::new(a.root.as_deref(), a.runtime.as_deref())?;
     match a.cmd {
-        ContainerCmd::Monitor { id } => {
+        ContainerCmd::Monitor { id, wait_attach } => {
             let fd = monitor::inherited_notify_fd();
-            monitor::run(&eng, &id, false, fd)
+            let attach = if wait_attach {
+                Some((monitor::inherited_attach_listener()?, true))
+            } else {
+                None
+            };
+            monitor::run_attachable(&eng, &id, false, fd, attach)
+        }
+        ContainerCmd::Attach {
+            no_stdin,
+            container,
+        } => {
+            let c = container::find(&eng, &container)?;
+            attach::check_tty(c.config.tty, c.short_id())?;
+            if !c.is_running() {
+                bail!("You cannot attach to a stopped container, start it first");
+            }
+            attach::client(attach::connect(&c.dir(&eng))?, !no_stdin)
         }
         ContainerCmd::Run(f) => {
             let o = opts_from(&f)?;
-            if f.detach && f.tty {
-                bail!("-d with -t is not supported (no attach); use -d alone");
-            }
-            let mut c = lifecycle::create(&eng, &o)?;
+            let c = lifecycle::create(&eng, &o)?;
             if f.detach {
                 if let Err(e) = lifecycle::start(&eng, &c) {
                     if o.auto_remove {
@@ -440,11 +465,17 @@ fn dispatch(a: ContainerArgs) -> Result<i32> {
                 return Ok(0);
             }
             let code = if f.tty {
-                let code = lifecycle::run_tty(&eng, &mut c);
-                if o.auto_remove {
-                    lifecycle::remove_files(&eng, &c)?;
-                }
-                code?
+                // The monitor owns the terminal; we are its first client.
+                let s = match lifecycle::start_attached(&eng, &c) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if o.auto_remove {
+                            let _ = lifecycle::remove_files(&eng, &c);
+                        }
+                        return Err(e);
+                    }
+                };
+                attach::client(s, f.interactive)?
             } else {
                 match monitor::run(&eng, &c.id, true, None) {
                     Ok(code) => code,

@@ -304,6 +304,18 @@ pub fn start(eng: &Engine, c: &Container) -> Result<()> {
     Ok(())
 }
 
+/// Starts a -t container whose terminal we attach to from the first byte:
+/// binds its attach socket, queues our connection, then starts the monitor,
+/// which serves that connection before starting the container.
+pub fn start_attached(eng: &Engine, c: &Container) -> Result<std::os::unix::net::UnixStream> {
+    mount_rootfs(eng, c)?;
+    let dir = c.dir(eng);
+    let l = crate::attach::bind(&dir)?;
+    let s = crate::attach::connect(&dir)?;
+    monitor::spawn_detached_attach(eng, c, Some(l))?;
+    Ok(s)
+}
+
 fn rt(eng: &Engine, c: &Container) -> (Vec<String>, PathBuf) {
     (c.config.runtime.clone(), eng.runtime_root())
 }

@@ -7,13 +7,15 @@
 //! the container. Detached containers get their own monitor process
 //! (`ferro container _monitor ID`); a foreground `run` monitors in-process.
 
+use crate::attach;
 use crate::container::Container;
 use crate::paths::Engine;
 use crate::runtime::{Runtime, Started};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -81,6 +83,46 @@ fn pump(
     })
 }
 
+/// Copies the pty's output into the log and to attached clients; ends
+/// when the last process holding the terminal is gone (EIO).
+fn pump_pty(
+    mut m: fs::File,
+    log: Arc<Mutex<fs::File>>,
+    hub: attach::Hub,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match m.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            hub.broadcast(attach::OUTPUT, &buf[..n]);
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                log_line(&log, &line, "stdout");
+            }
+        }
+        if !pending.is_empty() {
+            log_line(&log, &pending, "stdout");
+        }
+    })
+}
+
+fn log_line(log: &Arc<Mutex<fs::File>>, line: &[u8], stream: &str) {
+    let text = String::from_utf8_lossy(line);
+    let entry = format!(
+        "{{\"log\":{},\"stream\":\"{stream}\",\"time\":\"{}\"}}\n",
+        json_escape(&text),
+        images::store::now_rfc3339()
+    );
+    if let Ok(mut f) = log.lock() {
+        let _ = f.write_all(entry.as_bytes());
+    }
+}
+
 /// Reads the memory cgroup's OOM-kill counter (v1 `memory.oom_control`, v2 `memory.events`).
 pub fn oom_kills(c: &Container) -> u64 {
     let cg = c.cgroup_path();
@@ -130,15 +172,34 @@ fn should_restart(policy: &str, code: i32, count: u32) -> bool {
 }
 
 /// Monitors container `id` until it exits for good; returns its exit code.
-pub fn run(eng: &Engine, id: &str, echo: bool, mut notify_fd: Option<fs::File>) -> Result<i32> {
-    let res = run_inner(eng, id, echo, &mut notify_fd);
+pub fn run(eng: &Engine, id: &str, echo: bool, notify_fd: Option<fs::File>) -> Result<i32> {
+    run_attachable(eng, id, echo, notify_fd, None)
+}
+
+/// `run`, for `-t` containers with the attach listener already bound (by
+/// `spawn_detached`) and, when `wait`, one client to accept before the
+/// container starts (`run -it`: no output is missed).
+pub fn run_attachable(
+    eng: &Engine,
+    id: &str,
+    echo: bool,
+    mut notify_fd: Option<fs::File>,
+    attach: Option<(UnixListener, bool)>,
+) -> Result<i32> {
+    let res = run_inner(eng, id, echo, &mut notify_fd, attach);
     if let Err(e) = &res {
         notify(&mut notify_fd, &format!("err {e:#}\n"));
     }
     res
 }
 
-fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File>) -> Result<i32> {
+fn run_inner(
+    eng: &Engine,
+    id: &str,
+    echo: bool,
+    notify_fd: &mut Option<fs::File>,
+    attach: Option<(UnixListener, bool)>,
+) -> Result<i32> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let mut c = Container::load(eng, id)?;
@@ -156,21 +217,61 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
             .context("opening container.log")?,
     ));
     let mut proxies_started = false;
+    // -t: the pty master stays here; clients attach through the hub.
+    let hub = attach::Hub::default();
+    let mut listener = None;
+    let mut pending = Vec::new();
+    if c.config.tty {
+        let (l, wait) = match attach {
+            Some(a) => a,
+            None => (attach::bind(&dir)?, false),
+        };
+        if wait {
+            pending.push(l.accept().context("waiting for the attach client")?.0);
+        }
+        listener = Some(l);
+    }
     let code = loop {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let pidfile = dir.join("init.pid");
         let _ = fs::remove_file(&pidfile);
+        let console = if c.config.tty {
+            Some(attach::Console::new()?)
+        } else {
+            None
+        };
         let io = crate::runtime::Stdio3 {
             stdin: (echo && c.config.interactive).then_some(0),
             stdout: out_w,
             stderr: err_w,
+            console: console.as_ref().map(|c| c.path()),
         };
         let started = rt.create_start(&c.id, &dir, &pidfile, io);
         let t_out = pump(out_r, "stdout", log.clone(), echo);
         let t_err = pump(err_r, "stderr", log.clone(), echo);
+        let mut t_pty = None;
+        let mut master = None;
         let pid = match started {
-            Ok(Started::Ok(pid)) => pid,
+            Ok(Started::Ok(pid)) => {
+                if let Some(con) = &console {
+                    let m = con.receive()?;
+                    hub.set_master(Some(m.as_raw_fd()));
+                    for s in pending.drain(..) {
+                        hub.add(s)?;
+                    }
+                    if let Some(l) = listener.take() {
+                        hub.serve(l);
+                    }
+                    t_pty = Some(pump_pty(
+                        fs::File::from(m.try_clone()?),
+                        log.clone(),
+                        hub.clone(),
+                    ));
+                    master = Some(m);
+                }
+                pid
+            }
             Ok(Started::Failed(msg)) => {
                 let _ = t_out.join();
                 let _ = t_err.join();
@@ -213,6 +314,11 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
         let code = reap_until(pid);
         let _ = t_out.join();
         let _ = t_err.join();
+        if let Some(t) = t_pty {
+            let _ = t.join();
+        }
+        hub.set_master(None);
+        drop(master);
         let oom = oom_kills(&c) > 0;
         let _ = rt.delete(&c.id);
         c.refresh(eng)?;
@@ -240,9 +346,13 @@ fn run_inner(eng: &Engine, id: &str, echo: bool, notify_fd: &mut Option<fs::File
     if c.config.auto_remove {
         if let Err(e) = crate::lifecycle::remove_files(eng, &c) {
             let _ = c.save(eng);
+            hub.close_all();
             return Err(e);
         }
     }
+    // Attached clients (`run -it --rm`) return once the container is gone.
+    hub.broadcast(attach::EXIT, &code.to_be_bytes());
+    hub.close_all();
     Ok(code)
 }
 
@@ -273,6 +383,16 @@ fn reap_until(pid: i32) -> i32 {
 /// Starts a detached monitor process for `c` and waits until the container
 /// runs (or failed to start).
 pub fn spawn_detached(eng: &Engine, c: &Container) -> Result<i32> {
+    spawn_detached_attach(eng, c, None)
+}
+
+/// `spawn_detached`, handing the monitor a bound attach listener (as fd 4)
+/// whose first, already queued, client it serves before starting.
+pub fn spawn_detached_attach(
+    eng: &Engine,
+    c: &Container,
+    attach: Option<UnixListener>,
+) -> Result<i32> {
     let (mut r, w) = pipe()?;
     let exe = std::env::current_exe().context("finding the ferro binary")?;
     let logf = fs::File::create(c.dir(eng).join("monitor.log"))?;
@@ -280,18 +400,29 @@ pub fn spawn_detached(eng: &Engine, c: &Container) -> Result<i32> {
     cmd.arg("container")
         .arg("--root")
         .arg(&eng.root)
-        .arg("_monitor")
-        .arg(&c.id)
+        .arg("_monitor");
+    if attach.is_some() {
+        cmd.arg("--wait-attach");
+    }
+    cmd.arg(&c.id)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(logf));
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let lfd = attach.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
     use std::os::unix::process::CommandExt;
     // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            if libc::dup2(wfd, 3) < 0 {
+            // Out of the way of 3 and 4 first (either may already be one of them).
+            let w = libc::fcntl(wfd, libc::F_DUPFD_CLOEXEC, 10);
+            let l = if lfd >= 0 {
+                libc::fcntl(lfd, libc::F_DUPFD_CLOEXEC, 10)
+            } else {
+                -1
+            };
+            if w < 0 || libc::dup2(w, 3) < 0 || (l >= 0 && libc::dup2(l, 4) < 0) {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -299,6 +430,7 @@ pub fn spawn_detached(eng: &Engine, c: &Container) -> Result<i32> {
     }
     let mut child = cmd.spawn().context("starting the container monitor")?;
     drop(w);
+    drop(attach);
     let mut msg = String::new();
     let _ = r.read_to_string(&mut msg);
     // The monitor keeps running; reap it later only if it already exited.
@@ -313,6 +445,19 @@ pub fn spawn_detached(eng: &Engine, c: &Container) -> Result<i32> {
                 .unwrap_or_default()
                 .trim()
         ),
+    }
+}
+
+/// fd 4 as handed over by `spawn_detached_attach`.
+pub fn inherited_attach_listener() -> Result<UnixListener> {
+    // SAFETY: fcntl(F_GETFD) only queries.
+    if unsafe { libc::fcntl(4, libc::F_GETFD) } < 0 {
+        bail!("--wait-attach without an attach listener on fd 4");
+    }
+    // SAFETY: fd 4 is open and was given to this process as the listener.
+    unsafe {
+        libc::fcntl(4, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok(UnixListener::from_raw_fd(4))
     }
 }
 

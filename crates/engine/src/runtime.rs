@@ -21,6 +21,8 @@ pub struct Stdio3 {
     pub stdin: Option<RawFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// `--console-socket` for a container with a terminal.
+    pub console: Option<std::path::PathBuf>,
 }
 
 /// Result of creating and starting a container.
@@ -143,7 +145,7 @@ impl Runtime<'_> {
                 root: self.root.to_path_buf(),
                 id: id.to_string(),
                 bundle: bundle.to_path_buf(),
-                console_socket: None,
+                console_socket: io.console.clone(),
                 pid_file: Some(pidfile.to_path_buf()),
                 preserve_fds: 0,
             };
@@ -173,8 +175,11 @@ impl Runtime<'_> {
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pidfile)
-            .arg(id)
+            .arg(pidfile);
+        if let Some(p) = &io.console {
+            run.arg("--console-socket").arg(p);
+        }
+        run.arg(id)
             .stdout(Stdio::from(io.stdout))
             .stderr(Stdio::from(io.stderr));
         match io.stdin {

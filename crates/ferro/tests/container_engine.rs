@@ -1034,3 +1034,149 @@ fn pull_selects_the_platform_from_an_index() {
         out_err(&o)
     );
 }
+
+/// `ferro container ARGS` on a pty: script(1) gives the client a terminal
+/// while our side stays pipes; its output is collected by a thread.
+struct OnPty {
+    child: Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl OnPty {
+    fn spawn(e: &Eng, args: &str) -> OnPty {
+        let mut child = Command::new("script")
+            .args([
+                "-qfec",
+                &format!("{} container {args}", env!("CARGO_BIN_EXE_ferro")),
+                "/dev/null",
+            ])
+            .env("FERRO_ROOT", e.root())
+            .env("FERRO_RUNTIME", &e.runtime)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o2, mut so) = (out.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = so.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                o2.lock().unwrap().extend_from_slice(&b[..n]);
+            }
+        });
+        OnPty { child, out }
+    }
+
+    fn send(&mut self, b: &[u8]) {
+        let i = self.child.stdin.as_mut().unwrap();
+        i.write_all(b).unwrap();
+        i.flush().unwrap();
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn wait_text(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.text().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} on the terminal: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client did not exit: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn tty_detach_attach_and_run_it() {
+    let e = Eng::new();
+    e.load_busybox();
+    let id = e.ok(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "t1",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+    ]);
+    assert_eq!(id.trim().len(), 64, "run -d -t prints the ID: {id}");
+    assert_eq!(e.inspect("t1")["Config"]["Tty"], true);
+
+    // Attach, run a command, detach with ctrl-p ctrl-q: the shell lives on.
+    let mut a = OnPty::spawn(&e, "attach t1");
+    a.send(b"echo hello-$((40+2))\n");
+    a.wait_text("hello-42");
+    a.send(b"\x10\x11");
+    assert_eq!(a.wait(), 0, "detach exits 0: {}", a.text());
+    assert_eq!(e.inspect("t1")["State"]["Running"], true);
+    assert!(
+        e.ok(&["logs", "t1"]).contains("hello-42"),
+        "the monitor logs the terminal"
+    );
+
+    // Attach again and end the shell: attach returns its exit code.
+    let mut a = OnPty::spawn(&e, "attach t1");
+    a.send(b"exit 7\n");
+    assert_eq!(a.wait(), 7, "{}", a.text());
+    let v = e.wait_for("t1", |v| v["State"]["Status"] == "exited");
+    assert_eq!(v["State"]["ExitCode"], 7);
+    let o = e.run(&["attach", "t1"]);
+    assert!(
+        !o.status.success(),
+        "attach to a stopped container is refused"
+    );
+
+    // run -it goes through the same monitor path, with both runtimes; the
+    // first output is not lost even though the command exits at once.
+    for rt in ["ferro", "runc"] {
+        let e = Eng::with_runtime(rt);
+        e.load_busybox();
+        let mut r = OnPty::spawn(
+            &e,
+            "run -it --rm --network none busybox sh -c 'echo hi-there; exit 3'",
+        );
+        assert_eq!(r.wait(), 3, "{rt}: {}", r.text());
+        assert!(r.text().contains("hi-there"), "{rt}: {}", r.text());
+        assert_eq!(e.ok(&["ps", "-aq"]), "", "{rt}: --rm removed it");
+    }
+
+    // Attach needs a terminal.
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "plain",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    let o = e.run(&["attach", "plain"]);
+    assert!(out_err(&o).contains("no terminal"), "{}", out_err(&o));
+}
