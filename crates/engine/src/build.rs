@@ -40,6 +40,10 @@ pub struct BuildArgs {
     /// Do not use the build cache.
     #[arg(long = "no-cache")]
     pub no_cache: bool,
+    /// Network of RUN steps: bridge (default, as docker: own namespace,
+    /// NAT to the outside), host or none.
+    #[arg(long = "network", default_value = "bridge")]
+    pub network: String,
     pub context: PathBuf,
 }
 
@@ -191,6 +195,7 @@ struct Builder<'a> {
     store: Store,
     context: PathBuf,
     no_cache: bool,
+    network: String,
     build_args: HashMap<String, String>,
     stages: Vec<(Option<String>, State)>,
     step: usize,
@@ -203,6 +208,9 @@ pub fn main(eng: &Engine, a: &BuildArgs) -> Result<i32> {
         .with_context(|| format!("build context {} not found", a.context.display()))?;
     let file = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
     let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    if !["bridge", "host", "none"].contains(&a.network.as_str()) {
+        bail!("build --network {}: use bridge, host or none", a.network);
+    }
     let mut build_args = HashMap::new();
     for b in &a.build_args {
         match b.split_once('=') {
@@ -215,6 +223,7 @@ pub fn main(eng: &Engine, a: &BuildArgs) -> Result<i32> {
         store: eng.images()?,
         context,
         no_cache: a.no_cache,
+        network: a.network.clone(),
         build_args,
         stages: Vec::new(),
         step: 0,
@@ -482,9 +491,6 @@ impl Builder<'_> {
                             if paths.len() < 2 {
                                 bail!("ADD needs a source and a destination");
                             }
-                            if paths.iter().any(|p| p.contains("://")) {
-                                bail!("ADD from a URL is not supported (no network fetches in builds)");
-                            }
                             let from = flags
                                 .iter()
                                 .find_map(|f| f.strip_prefix("--from="))
@@ -494,7 +500,33 @@ impl Builder<'_> {
                                 .map(|s| s.to_string())
                                 .collect();
                             let dest = paths[paths.len() - 1].to_string();
-                            self.copy(&mut st, from.as_deref(), &srcs, &dest)?;
+                            let urls = srcs.iter().filter(|s| is_url(s)).count();
+                            if urls > 0 {
+                                if urls != srcs.len() || from.is_some() {
+                                    bail!("ADD: URLs cannot be mixed with local sources or --from");
+                                }
+                                // Downloads land in a scratch dir used as the source root.
+                                let t = tempfile::tempdir_in(self.store.tmp_dir())?;
+                                let mut names = Vec::new();
+                                for u in &srcs {
+                                    let name = url_file_name(u)?;
+                                    let data = download(u)?;
+                                    let p = t.path().join(&name);
+                                    fs::write(&p, data)?;
+                                    fs::set_permissions(&p, fs::Permissions::from_mode(0o600))?;
+                                    names.push(name);
+                                }
+                                let root = t.path().to_path_buf();
+                                self.copy_from(&mut st, Source::Dir(root), &names, &dest, false)?;
+                            } else {
+                                let src = match &from {
+                                    Some(f) => Source::Stage(f.clone()),
+                                    None => Source::Context,
+                                };
+                                // Local archives from the context are unpacked, as docker.
+                                let extract = from.is_none();
+                                self.copy_from(&mut st, src, &srcs, &dest, extract)?;
+                            }
                         }
                         "MAINTAINER" | "VOLUME" | "SHELL" | "HEALTHCHECK" | "ONBUILD" => {
                             eprintln!("warning: {inst} is ignored by this builder");
@@ -612,6 +644,8 @@ impl Builder<'_> {
             fs::create_dir_all(d)?;
         }
         images::mount::mount_overlay(&st.dirs, out, &work, &rootfs, &empty)?;
+        let mut net: Option<Container> = None;
+        let mut created_mountpoints = Vec::new();
         let res = (|| -> Result<i32> {
             let user = st.config.config.user.clone().unwrap_or_default();
             let (uid, gid) = container::resolve_user(&rootfs, &user)?;
@@ -633,19 +667,43 @@ impl Builder<'_> {
                     env.push(format!("{k}={v}"));
                 }
             }
-            let c = Container {
+            let mut c = Container {
                 id: id.clone(),
                 config: RunConfig {
                     args: cmd.to_vec(),
                     env,
                     workdir,
-                    network: "host".into(),
+                    network: self.network.clone(),
                     hostname: id[..12].to_string(),
                     ..Default::default()
                 },
                 ..Default::default()
             };
-            let spec = crate::spec::build(&c, &bundle, None, uid, gid)?;
+            let netns = if c.config.network == "bridge" {
+                // Whatever part was set up (netns, lease) is torn down below.
+                let r = crate::network::setup_bridge(self.eng, &mut c);
+                net = Some(c.clone());
+                r.context(
+                    "setting up the bridge network for RUN (use build --network host or none)",
+                )?;
+                // Name resolution inside the step; mount points it creates
+                // in the layer are removed again below.
+                let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                fs::write(bundle.join("resolv.conf"), resolv)?;
+                fs::write(
+                    bundle.join("hosts"),
+                    format!("127.0.0.1\tlocalhost\n{}\t{}\n", c.ip, c.config.hostname),
+                )?;
+                for f in ["etc/resolv.conf", "etc/hosts"] {
+                    if fs::symlink_metadata(rootfs.join(f)).is_err() {
+                        created_mountpoints.push(f);
+                    }
+                }
+                Some(crate::network::netns_path(&c))
+            } else {
+                None
+            };
+            let spec = crate::spec::build(&c, &bundle, netns.as_deref(), uid, gid)?;
             fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec_pretty(&spec)?,
@@ -669,6 +727,15 @@ impl Builder<'_> {
             Ok(st.code().unwrap_or(255))
         })();
         let _ = images::mount::unmount(&rootfs);
+        if let Some(c) = &net {
+            crate::network::teardown(c);
+        }
+        for f in created_mountpoints {
+            let p = out.join(f);
+            if fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                let _ = fs::remove_file(&p);
+            }
+        }
         let code = res?;
         if code != 0 {
             bail!("RUN {} returned a non-zero code: {code}", cmd.join(" "));
@@ -683,13 +750,37 @@ impl Builder<'_> {
         srcs: &[String],
         dest: &str,
     ) -> Result<()> {
+        let src = match from {
+            Some(f) => Source::Stage(f.to_string()),
+            None => Source::Context,
+        };
+        self.copy_from(st, src, srcs, dest, false)
+    }
+
+    /// COPY/ADD: `extract` unpacks tar archives (plain, gzip, xz) into
+    /// the destination directory instead of copying them.
+    fn copy_from(
+        &mut self,
+        st: &mut State,
+        source: Source,
+        srcs: &[String],
+        dest: &str,
+        extract: bool,
+    ) -> Result<()> {
+        let from = match &source {
+            Source::Stage(f) => Some(f.as_str()),
+            _ => None,
+        };
         if srcs.is_empty() {
             bail!("COPY needs a source and a destination");
         }
         // Where sources come from: the context, or a mounted stage/image.
         let mut _mounted: Option<(tempfile::TempDir, PathBuf)> = None;
         let (src_root, from_key) = match from {
-            None => (self.context.clone(), String::from("context")),
+            None => match &source {
+                Source::Dir(d) => (d.clone(), String::from("download")),
+                _ => (self.context.clone(), String::from("context")),
+            },
             Some(f) => {
                 let other = match self.stage_by_ref(f) {
                     Some(s) => s.clone(),
@@ -748,7 +839,7 @@ impl Builder<'_> {
             let content = hex::encode(h.finalize());
             let key = sha(&[
                 &st.key,
-                "COPY",
+                if extract { "ADD" } else { "COPY" },
                 &from_key,
                 &srcs.join("\n"),
                 &dest_abs,
@@ -760,6 +851,14 @@ impl Builder<'_> {
                 let dest_rel = dest_abs.trim_start_matches('/');
                 for p in &resolved {
                     let m = fs::symlink_metadata(p)?;
+                    if extract && m.is_file() {
+                        if let Some(kind) = archive_kind(p)? {
+                            let d = safe_join(out, dest_rel)?;
+                            fs::create_dir_all(&d)?;
+                            unpack_archive(p, kind, &d)?;
+                            continue;
+                        }
+                    }
                     if m.is_dir() {
                         copy_tree(p, &safe_join(out, dest_rel)?)?;
                     } else {
@@ -782,6 +881,98 @@ impl Builder<'_> {
         }
         res
     }
+}
+
+enum Source {
+    Context,
+    Stage(String),
+    Dir(PathBuf),
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// The file name ADD gives a download: the URL path's last segment.
+fn url_file_name(u: &str) -> Result<String> {
+    let rest = u.split_once("://").map(|x| x.1).unwrap_or(u);
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    let name = path.split_once('/').map(|x| x.1).unwrap_or("");
+    let name = name.rsplit('/').next().unwrap_or("");
+    if name.is_empty() || name == "." || name == ".." {
+        bail!("ADD {u}: cannot determine a file name from the URL");
+    }
+    Ok(name.to_string())
+}
+
+/// GET `url` (redirects followed; proxies from the environment).
+fn download(url: &str) -> Result<Vec<u8>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP client")?;
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("ADD: fetching {url}"))?;
+        if !r.status().is_success() {
+            bail!("ADD: fetching {url}: HTTP {}", r.status());
+        }
+        Ok(r.bytes()
+            .await
+            .with_context(|| format!("ADD: reading {url}"))?
+            .to_vec())
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Archive {
+    Tar,
+    Gzip,
+    Xz,
+}
+
+/// Recognises an archive by its bytes, as docker does (not by its name).
+fn archive_kind(p: &Path) -> Result<Option<Archive>> {
+    use std::io::Read;
+    let mut head = [0u8; 512];
+    let mut f = fs::File::open(p)?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let h = &head[..n];
+    Ok(if h.starts_with(&[0x1f, 0x8b]) {
+        Some(Archive::Gzip)
+    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some(Archive::Xz)
+    } else if n >= 262 && &h[257..262] == b"ustar" {
+        Some(Archive::Tar)
+    } else {
+        None
+    })
+}
+
+/// Unpacks into `dest` (tar refuses `..`, absolute names and writes through
+/// symlinks that leave `dest`).
+fn unpack_archive(p: &Path, kind: Archive, dest: &Path) -> Result<()> {
+    let f = std::io::BufReader::new(fs::File::open(p)?);
+    let r: Box<dyn std::io::Read> = match kind {
+        Archive::Tar => Box::new(f),
+        Archive::Gzip => Box::new(flate2::read::GzDecoder::new(f)),
+        Archive::Xz => Box::new(xz2::read::XzDecoder::new(f)),
+    };
+    let mut a = tar::Archive::new(r);
+    a.set_preserve_permissions(true);
+    a.set_overwrite(true);
+    a.unpack(dest)
+        .with_context(|| format!("ADD: unpacking {}", p.display()))
 }
 
 fn unquote(s: &str) -> String {

@@ -10,7 +10,10 @@
 //! the most used Dockerfile parser on crates.io, with spans and stage
 //! support) for the build front end; `tar`/`sha2`/`hex` for build layers
 //! and cache keys; `libcontainer` (the workspace's own OCI runtime) so the
-//! default runtime runs in-process instead of as a `ferro oci` subprocess.
+//! default runtime runs in-process instead of as a `ferro oci` subprocess;
+//! `xz2` (liblzma, already linked by the workspace) for `ADD` of .tar.xz;
+//! `reqwest` (with `tokio`/`rustls`, the HTTP stack `oci-client` already
+//! pulls in) for `ADD https://…`.
 
 pub mod attach;
 pub mod build;

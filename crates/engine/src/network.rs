@@ -157,7 +157,10 @@ pub fn setup_bridge(eng: &Engine, c: &mut Container) -> Result<String> {
     let ip = ip.context("no free address left on the ferro0 bridge")?;
     // Record the lease before anything else can fail, so teardown frees it.
     c.ip = ip.clone();
-    c.save(eng)?;
+    // (Build RUN steps have no container directory: the builder keeps `c`.)
+    if c.dir(eng).exists() {
+        c.save(eng)?;
+    }
     for p in &c.config.ports {
         if !take_lease("port", &format!("{}-{}", p.proto, p.host), &owner)? {
             bail!("port {} is already allocated", p.host);

@@ -1180,3 +1180,150 @@ fn tty_detach_attach_and_run_it() {
     let o = e.run(&["attach", "plain"]);
     assert!(out_err(&o).contains("no terminal"), "{}", out_err(&o));
 }
+
+/// Serves `body` at `path` (404 elsewhere) on a loopback port, forever.
+fn http_file_server(path: &'static str, body: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let resp = if line.starts_with(&format!("GET {path} ")) {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(body);
+                r
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            };
+            let _ = s.write_all(&resp);
+        }
+    });
+    port
+}
+
+#[test]
+fn build_add_archives_urls_and_run_networks() {
+    let e = Eng::new();
+    e.load_busybox();
+    let ctx = e.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let tar_of = |name: &str, data: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        add(&mut b, name, data);
+        b.into_inner().unwrap()
+    };
+    std::fs::write(ctx.join("a.tar.gz"), gz(&tar_of("dir/a.txt", b"from-gz\n"))).unwrap();
+    std::fs::write(ctx.join("c.tar"), tar_of("c.txt", b"from-tar\n")).unwrap();
+    std::fs::write(ctx.join("b.tar"), tar_of("b.txt", b"from-xz\n")).unwrap();
+    let st = Command::new("xz")
+        .arg("-z")
+        .arg(ctx.join("b.tar"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "xz (xz-utils) compresses the fixture");
+    std::fs::write(ctx.join("plain.txt"), b"just text\n").unwrap();
+    let port = http_file_server("/files/dl.txt", b"downloaded\n");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM busybox\nADD a.tar.gz /gz/\nADD b.tar.xz /xz\nADD c.tar /t/\nADD plain.txt /p/\n\
+             ADD http://127.0.0.1:{port}/files/dl.txt /dl/\nRUN ip -4 addr > /net.txt\n"
+        ),
+    )
+    .unwrap();
+    let c = ctx.to_str().unwrap();
+    e.ok(&["build", "-t", "added", c]);
+    let got = e.ok(&[
+        "run", "--rm", "--network", "none", "added", "sh", "-c",
+        "cat /gz/dir/a.txt /xz/b.txt /t/c.txt /p/plain.txt /dl/dl.txt; stat -c %a /dl/dl.txt; ls /t",
+    ]);
+    assert_eq!(
+        got, "from-gz\nfrom-xz\nfrom-tar\njust text\ndownloaded\n600\nc.txt\n",
+        "archives unpacked, plain file and download copied"
+    );
+    // Default RUN network: docker's bridge (own namespace, 10.89.0.x).
+    let net = e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "added",
+        "cat",
+        "/net.txt",
+    ]);
+    assert!(
+        net.contains("inet 10.89.0.") && net.contains("eth0"),
+        "bridge: {net}"
+    );
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN ip -4 addr > /net.txt\n",
+    )
+    .unwrap();
+    e.ok(&["build", "--network", "none", "-t", "nonet", c]);
+    let net = e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "nonet",
+        "cat",
+        "/net.txt",
+    ]);
+    assert!(
+        !net.contains("eth0") && !net.contains("10.89.0."),
+        "none: {net}"
+    );
+    e.ok(&[
+        "build",
+        "--no-cache",
+        "--network",
+        "host",
+        "-t",
+        "hostnet",
+        c,
+    ]);
+    let net = e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "hostnet",
+        "cat",
+        "/net.txt",
+    ]);
+    assert!(net.contains("ferro0"), "host sees the host's bridge: {net}");
+    let o = e.run(&["build", "--network", "bogus", c]);
+    assert!(
+        out_err(&o).contains("use bridge, host or none"),
+        "{}",
+        out_err(&o)
+    );
+
+    // A missing URL is a clear build error.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM busybox\nADD http://127.0.0.1:{port}/nope.txt /x\n"),
+    )
+    .unwrap();
+    let o = e.run(&["build", c]);
+    assert!(!o.status.success());
+    assert!(out_err(&o).contains("HTTP 404"), "{}", out_err(&o));
+}
