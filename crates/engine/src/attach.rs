@@ -58,7 +58,15 @@ pub fn bind(dir: &Path) -> Result<UnixListener> {
     via_dirfd(dir, "attach.sock", |p| UnixListener::bind(p))
 }
 
+/// Connects and sends our window size first (0x0 without a terminal): a
+/// monitor waiting to start the container sizes its terminal from it.
 pub fn connect(dir: &Path) -> Result<UnixStream> {
+    let mut s = connect_raw(dir)?;
+    send_size(&mut s)?;
+    Ok(s)
+}
+
+fn connect_raw(dir: &Path) -> Result<UnixStream> {
     via_dirfd(dir, "attach.sock", |p| UnixStream::connect(p))
         .context("connecting to the container's attach socket (is it a running -t container?)")
 }
@@ -146,7 +154,7 @@ impl Hub {
                     INPUT => {
                         let _ = libcontainer::sys::write_all(fd, &data);
                     }
-                    RESIZE if data.len() == 4 => {
+                    RESIZE if data.len() == 4 && data != [0; 4] => {
                         let ws = libc::winsize {
                             ws_row: u16::from_be_bytes([data[0], data[1]]),
                             ws_col: u16::from_be_bytes([data[2], data[3]]),
@@ -204,6 +212,21 @@ impl Drop for RawMode {
     }
 }
 
+/// Sends our terminal's size (fd 0; 0x0 when it is none) to the monitor.
+fn send_size(s: &mut UnixStream) -> Result<()> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: ws is a valid out-pointer; a non-terminal fd 0 only fails.
+    if unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } != 0 {
+        ws.ws_row = 0;
+        ws.ws_col = 0;
+    }
+    let mut d = ws.ws_row.to_be_bytes().to_vec();
+    d.extend_from_slice(&ws.ws_col.to_be_bytes());
+    write_frame(s, RESIZE, &d)?;
+    Ok(())
+}
+
 /// `attach`: proxies our stdin/stdout to the container's terminal until it
 /// exits (returns its exit code) or the user detaches (returns 0).
 pub fn client(mut s: UnixStream, stdin_open: bool) -> Result<i32> {
@@ -211,14 +234,25 @@ pub fn client(mut s: UnixStream, stdin_open: bool) -> Result<i32> {
     let tty = std::io::stdin().is_terminal();
     let _raw = if tty { RawMode::enter(0) } else { None };
     if tty {
-        // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        // SAFETY: fd 0 is a terminal; ws is a valid out-pointer.
-        if unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            let mut d = ws.ws_row.to_be_bytes().to_vec();
-            d.extend_from_slice(&ws.ws_col.to_be_bytes());
-            write_frame(&mut s, RESIZE, &d)?;
-        }
+        // Window changes: SIGWINCH is blocked in every thread (set before
+        // any is spawned) and taken synchronously by one.
+        // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset;
+        // pthread_sigmask only changes this thread's mask.
+        let set = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGWINCH);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            set
+        };
+        let mut w = s.try_clone()?;
+        std::thread::spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: set is a valid sigset; sig a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 || send_size(&mut w).is_err() {
+                break;
+            }
+        });
     }
     if stdin_open {
         let mut w = s.try_clone()?;
@@ -270,6 +304,17 @@ pub fn client(mut s: UnixStream, stdin_open: bool) -> Result<i32> {
             Ok(None) | Err(_) => return Ok(0),
         }
     }
+}
+
+/// `(rows, cols)` of a RESIZE frame, if it carries a size.
+pub fn parse_size(kind: u8, d: &[u8]) -> Option<(u16, u16)> {
+    if kind != RESIZE || d.len() != 4 || d == [0; 4] {
+        return None;
+    }
+    Some((
+        u16::from_be_bytes([d[0], d[1]]),
+        u16::from_be_bytes([d[2], d[3]]),
+    ))
 }
 
 /// Refuses attach to containers without a terminal.

@@ -83,6 +83,15 @@ fn pump(
     })
 }
 
+/// Sets `process.consoleSize` in the bundle's config.json.
+fn set_console_size(dir: &Path, rows: u16, cols: u16) -> Result<()> {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&p)?)?;
+    v["process"]["consoleSize"] = serde_json::json!({"height": rows, "width": cols});
+    fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
+    Ok(())
+}
+
 /// Copies the pty's output into the log and to attached clients; ends
 /// when the last process holding the terminal is gone (EIO).
 fn pump_pty(
@@ -227,7 +236,14 @@ fn run_inner(
             None => (attach::bind(&dir)?, false),
         };
         if wait {
-            pending.push(l.accept().context("waiting for the attach client")?.0);
+            let mut s = l.accept().context("waiting for the attach client")?.0;
+            // Its first frame is its window size: the terminal starts with it.
+            if let Ok(Some((k, d))) = attach::read_frame(&mut s) {
+                if let Some((rows, cols)) = attach::parse_size(k, &d) {
+                    set_console_size(&dir, rows, cols)?;
+                }
+            }
+            pending.push(s);
         }
         listener = Some(l);
     }

@@ -1044,10 +1044,17 @@ struct OnPty {
 
 impl OnPty {
     fn spawn(e: &Eng, args: &str) -> OnPty {
+        OnPty::spawn_after(e, "true", args)
+    }
+
+    /// `pre` runs first in script's shell (e.g. `stty rows R cols C`).
+    /// script(1) passes a piped stdin through; `</dev/tty` gives a command
+    /// the pty itself.
+    fn spawn_after(e: &Eng, pre: &str, args: &str) -> OnPty {
         let mut child = Command::new("script")
             .args([
                 "-qfec",
-                &format!("{} container {args}", env!("CARGO_BIN_EXE_ferro")),
+                &format!("{pre}; {} container {args}", env!("CARGO_BIN_EXE_ferro")),
                 "/dev/null",
             ])
             .env("FERRO_ROOT", e.root())
@@ -1156,12 +1163,19 @@ fn tty_detach_attach_and_run_it() {
     for rt in ["ferro", "runc"] {
         let e = Eng::with_runtime(rt);
         e.load_busybox();
-        let mut r = OnPty::spawn(
+        // The client's window size reaches the container's terminal.
+        let mut r = OnPty::spawn_after(
             &e,
-            "run -it --rm --network none busybox sh -c 'echo hi-there; exit 3'",
+            "stty rows 33 cols 91 </dev/tty",
+            "run -it --rm --network none busybox sh -c 'echo hi-there; stty -a | head -1; exit 3' </dev/tty",
         );
         assert_eq!(r.wait(), 3, "{rt}: {}", r.text());
         assert!(r.text().contains("hi-there"), "{rt}: {}", r.text());
+        assert!(
+            r.text().contains("rows 33; columns 91"),
+            "{rt}: {}",
+            r.text()
+        );
         assert_eq!(e.ok(&["ps", "-aq"]), "", "{rt}: --rm removed it");
     }
 
