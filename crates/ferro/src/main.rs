@@ -45,7 +45,26 @@ struct Ferrod {
     args: ferrod::DaemonArgs,
 }
 
+/// `ferro oci …` parsed on its own: the OCI runtime is started once per
+/// container operation by engines, so it skips building the whole CLI and
+/// the tracing subscriber (libcontainer does not log through tracing);
+/// that halves its startup CPU (docs/BENCHMARKS.md, containers).
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferro oci",
+    bin_name = "ferro oci",
+    about = "Low-level OCI container runtime (runc-compatible)"
+)]
+struct OciOnly {
+    #[command(flatten)]
+    args: libcontainer::cli::OciArgs,
+}
+
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "oci") {
+        let args = OciOnly::parse_from(std::env::args_os().skip(1)).args;
+        std::process::exit(libcontainer::cli::main(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRO_LOG")
