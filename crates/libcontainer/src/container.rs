@@ -46,6 +46,10 @@ pub struct Created {
     tty: Option<std::os::unix::net::UnixStream>,
     /// The cgroup, so `run` need not look the hierarchies up again.
     cgroup: libcgroups::Manager,
+    /// The init reported ready before we returned. When false (foreground
+    /// `run` without terminal or runtime-side hooks) it is still setting up:
+    /// its errors stay queued on `chan` until after it exits.
+    confirmed: bool,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
@@ -288,7 +292,22 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
     parent.send(&Msg::Pid(pid))?;
     parent.send(&Msg::Go)?;
     let annotations = spec.annotations().clone().unwrap_or_default();
+    // Foreground `run` with nothing for us to do between clone and exit
+    // need not wake for `ready` and the exec: it saves the state while the
+    // init sets up and goes on to wait for it (two fewer wakeups, and the
+    // state write off the critical path).
+    #[allow(deprecated)]
+    let runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
+        [h.prestart(), h.create_runtime(), h.poststart()]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+    });
+    let confirmed =
+        !(matches!(via, StartVia::Chan) && foreground && tty_local.is_none() && !runtime_hooks);
     loop {
+        if !confirmed {
+            break;
+        }
         match parent.recv() {
             Ok(Msg::RunRuntimeHooks) => {
                 let st = serde_json::to_vec(&state::HookState {
@@ -356,6 +375,7 @@ fn create(o: &CreateOpts, via: StartVia, foreground: bool) -> Result<Created> {
         chan: parent,
         tty: tty_local,
         cgroup: mgr,
+        confirmed,
     })
 }
 
@@ -405,6 +425,17 @@ fn forward_signals(pid: i32) {
     }
 }
 
+/// The first error message left on the channel of an init that exited.
+fn queued_error(chan: &Chan) -> Option<String> {
+    loop {
+        match chan.recv() {
+            Ok(Msg::Error(e)) => return Some(e),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Waits until the chan closes (exec succeeded) or reports an error.
 fn wait_exec(chan: &Chan) -> Result<()> {
     match chan.recv() {
@@ -420,14 +451,16 @@ fn wait_exec(chan: &Chan) -> Result<()> {
 pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     let c = create(o, StartVia::Chan, !detach)?;
     let pid = c.container.saved.pid;
-    if let Err(e) = wait_exec(&c.chan) {
-        let _ = sys::wait_exit(pid);
-        let _ = c.container.cleanup(Some(&c.cgroup));
-        return Err(e);
-    }
-    c.container.poststart();
-    if detach {
-        return Ok(0);
+    if c.confirmed {
+        if let Err(e) = wait_exec(&c.chan) {
+            let _ = sys::wait_exit(pid);
+            let _ = c.container.cleanup(Some(&c.cgroup));
+            return Err(e);
+        }
+        c.container.poststart();
+        if detach {
+            return Ok(0);
+        }
     }
     forward_signals(pid);
     if let Some(t) = &c.tty {
@@ -435,6 +468,15 @@ pub fn run(o: &CreateOpts, detach: bool, keep: bool) -> Result<i32> {
     }
     let code = sys::wait_exit(pid).context("waiting for the container")?;
     crate::trace("container exited");
+    if !c.confirmed {
+        // A setup or exec failure was queued before the init exited; after
+        // a successful exec the channel holds only `ready`, then EOF.
+        if let Some(e) = queued_error(&c.chan) {
+            FWD_PID.store(0, Ordering::Relaxed);
+            let _ = c.container.cleanup(Some(&c.cgroup));
+            bail!("{e}");
+        }
+    }
     FWD_PID.store(0, Ordering::Relaxed);
     if c.cgroup.oom_kills() > 0 {
         eprintln!(

@@ -681,6 +681,23 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
         !outside.path().join("sub").exists(),
         "a mount followed a symlink out of the rootfs"
     );
+    // A foreground run whose init fails before exec: its queued error
+    // reaches stderr and nothing is left behind.
+    let b = Bundle::new(&["/bin/nosuch"]);
+    let id = unique("noexec");
+    let o = rt.out(&["run", "-b", b.path().to_str().unwrap(), &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/bin/nosuch") && err.contains("no such file"),
+        "{err}"
+    );
+    assert!(!rt.root.path().join(&id).exists());
+    let cg = match libcgroups::detect() {
+        libcgroups::Mode::V2 => "/sys/fs/cgroup/ferro",
+        _ => "/sys/fs/cgroup/pids/ferro",
+    };
+    assert!(!Path::new(cg).join(&id).exists(), "cgroup left behind");
 }
 
 #[test]
