@@ -200,6 +200,8 @@ pub struct Manager {
     /// holds no controllers, but runc joins it too (`0::/<path>` in
     /// /proc/PID/cgroup), and cgroup.kill works there.
     unified: Option<PathBuf>,
+    /// v2: enable the root's controllers down to this cgroup on create.
+    delegate: bool,
 }
 
 /// Turns the spec's `cgroupsPath` into an absolute path inside the
@@ -360,6 +362,7 @@ impl Manager {
                     dirs,
                     unified: v2_mount.as_ref().map(|m| m.join(rel)),
                     v2_mount,
+                    delegate: false,
                 })
             }
         }
@@ -376,7 +379,17 @@ impl Manager {
             dirs: vec![(Vec::new(), dir.clone())],
             v2_mount: Some(mount.to_path_buf()),
             unified: Some(dir),
+            delegate: true,
         })
+    }
+
+    /// Whether `create` enables the v2 root's controllers in every
+    /// cgroup.subtree_control down to this cgroup (on by default for v2).
+    /// Off for a unified hierarchy whose controllers the host uses through
+    /// v1 (hybrid), where enabling them would change the host's tree.
+    pub fn delegating(mut self, on: bool) -> Self {
+        self.delegate = on;
+        self
     }
 
     pub fn mode(&self) -> Mode {
@@ -432,10 +445,15 @@ impl Manager {
             }
         }
         if let (Some(mount), Some(dir)) = (&self.v2_mount, &self.unified) {
-            if self.mode != Mode::V2 {
+            if self.mode == Mode::V2 {
+                if self.delegate {
+                    enable_v2_controllers(mount, dir)?;
+                }
+            } else {
+                // Hybrid: controllers are used through v1; like runc, only
+                // join the unified hierarchy, delegating nothing there.
                 fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
             }
-            enable_v2_controllers(mount, dir)?;
         }
         Ok(())
     }

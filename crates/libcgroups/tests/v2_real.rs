@@ -63,6 +63,14 @@ fn unified(keep: &tempfile::TempDir, mounts: &mut Mounts) -> PathBuf {
     }
 }
 
+/// A v2 manager that delegates controllers only on v2 hosts: on hybrid
+/// ones the unified root's controllers belong to the host's setup.
+fn v2_manager(root: &Path, path: &Path) -> Manager {
+    Manager::v2(root, path)
+        .unwrap()
+        .delegating(detect() == Mode::V2)
+}
+
 fn test_path(what: &str) -> PathBuf {
     PathBuf::from(format!("/ferro-test-{what}-{}", std::process::id()))
 }
@@ -101,7 +109,7 @@ fn unified_create_join_freeze_kill_remove() {
     let mut mounts = Mounts(Vec::new());
     let root = unified(&keep, &mut mounts);
     let path = test_path("life");
-    let m = Manager::v2(&root, &path).unwrap();
+    let m = v2_manager(&root, &path);
     m.create().unwrap();
     let dir = root.join(path.strip_prefix("/").unwrap());
     assert!(
@@ -143,7 +151,7 @@ fn a_child_joins_itself_with_handles_opened_by_the_parent() {
     let keep = tempfile::tempdir().unwrap();
     let mut mounts = Mounts(Vec::new());
     let root = unified(&keep, &mut mounts);
-    let mut managers = vec![Manager::v2(&root, &test_path("selfv2")).unwrap()];
+    let mut managers = vec![v2_manager(&root, &test_path("selfv2"))];
     if detect() != Mode::V2 {
         // The host's full layout: every v1 hierarchy (plus unified on hybrid).
         managers.push(Manager::new(&test_path("selfhost")).unwrap());
