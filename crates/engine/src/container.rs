@@ -128,19 +128,30 @@ pub fn list(eng: &Engine) -> Result<Vec<Container>> {
     Ok(out)
 }
 
+/// The `error` of a container [`list`] found running with its monitor gone
+/// (ferrod looks for it to apply the restart policy).
+pub const MONITOR_DIED: &str = "monitor process died";
+
 /// A "running" container whose monitor died is reported as exited.
 fn fix_stale(eng: &Engine, c: &mut Container) {
     if c.is_running() && c.state.monitor_pid > 0 && !pid_alive(c.state.monitor_pid) {
         c.state.status = "exited".into();
         c.state.exit_code = 255;
-        c.state.error = "monitor process died".into();
+        c.state.error = MONITOR_DIED.into();
         let _ = c.save(eng);
     }
 }
 
+/// Alive and not a zombie (a zombie has exited; an init that does not reap
+/// orphans keeps a dead monitor as one).
 pub fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Finds a container by full ID, unique ID prefix or name.

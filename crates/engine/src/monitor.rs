@@ -167,7 +167,9 @@ pub fn stop_marker(eng: &Engine, c: &Container) -> std::path::PathBuf {
     c.dir(eng).join("stop-requested")
 }
 
-fn should_restart(policy: &str, code: i32, count: u32) -> bool {
+/// Whether `policy` restarts a container that exited with `code` after
+/// `count` restarts (also used by ferrod when a monitor died).
+pub fn should_restart(policy: &str, code: i32, count: u32) -> bool {
     match policy.split_once(':') {
         Some(("on-failure", max)) => {
             code != 0 && max.parse::<u32>().map(|m| count < m).unwrap_or(true)

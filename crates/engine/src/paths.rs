@@ -1,7 +1,6 @@
 //! Where the engine keeps its state, and which OCI runtime it drives.
 //!
-//! Root: `/var/lib/ferrovisor` for root, `$XDG_DATA_HOME/ferrovisor` (or
-//! `~/.local/share/ferrovisor`) otherwise; `--root`/`FERRO_ROOT` override.
+//! Root: see [`state_dirs`] (one function for the engine and `ferrod`).
 //! Below it: `images/` (the image store), `containers/<id>/` (bundle, state,
 //! logs), `runtime/` (the runtime's `--root`), `build-cache/`.
 
@@ -15,21 +14,39 @@ pub struct Engine {
     pub runtime: Vec<String>,
 }
 
-pub fn default_root() -> PathBuf {
-    if let Ok(r) = std::env::var("FERRO_ROOT") {
-        return PathBuf::from(r);
+/// The state root and the run dir, shared by the engine and `ferrod` so the
+/// CLI and the daemon always see the same containers: `explicit` (`--root`,
+/// `--state-dir`), else `$FERRO_ROOT`, then run = `ROOT/run`; as root
+/// `/var/lib/ferrovisor` and `/run/ferrovisor`; otherwise
+/// `$XDG_DATA_HOME/ferrovisor` (or `~/.local/share/ferrovisor`) and
+/// `$XDG_RUNTIME_DIR/ferrovisor` (or `ROOT/run`).
+pub fn state_dirs(explicit: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    let given = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FERRO_ROOT").map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty());
+    if let Some(s) = given {
+        let run = s.join("run");
+        return Ok((s, run));
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/ferrovisor");
+        return Ok((
+            PathBuf::from("/var/lib/ferrovisor"),
+            PathBuf::from("/run/ferrovisor"),
+        ));
     }
-    let base = std::env::var("XDG_DATA_HOME")
+    let data = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-                .join(".local/share")
-        });
-    base.join("ferrovisor")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context(
+            "neither XDG_DATA_HOME nor HOME is set; give --root / --state-dir or set FERRO_ROOT",
+        )?
+        .join("ferrovisor");
+    let run = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|r| PathBuf::from(r).join("ferrovisor"))
+        .unwrap_or_else(|| data.join("run"));
+    Ok((data, run))
 }
 
 /// `--runtime` value → argv prefix. Default: this binary's `oci` subcommand.
@@ -46,7 +63,7 @@ pub fn runtime_argv(flag: Option<&str>) -> Result<Vec<String>> {
 
 impl Engine {
     pub fn new(root: Option<&Path>, runtime: Option<&str>) -> Result<Engine> {
-        let root = root.map(Path::to_path_buf).unwrap_or_else(default_root);
+        let root = state_dirs(root)?.0;
         for d in ["containers", "runtime", "build-cache"] {
             std::fs::create_dir_all(root.join(d))
                 .with_context(|| format!("creating {}", root.join(d).display()))?;

@@ -44,14 +44,14 @@ impl IntoResponse for OpError {
 type ApiResult<T> = Result<T, OpError>;
 
 /// A small JSON body; empty means all defaults.
-fn body<T: DeserializeOwned + Default>(b: &Bytes) -> ApiResult<T> {
+pub(crate) fn body<T: DeserializeOwned + Default>(b: &[u8]) -> ApiResult<T> {
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());
     }
     let mut de = serde_json::Deserializer::from_slice(b);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let p = e.path().to_string();
-        OpError::Invalid(if p == "." {
+        OpError::Invalid(if p == "." || p == "?" {
             format!("request body: {}", e.into_inner())
         } else {
             format!("{p}: {}", e.into_inner())
@@ -550,6 +550,110 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+// ---- containers -----------------------------------------------------------
+
+async fn ctr_list(State(sup): State<Sup>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(sup.containers.list(q.all).await?)))
+}
+
+async fn ctr_run(State(sup): State<Sup>, b: Bytes) -> ApiResult<Response> {
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Err(OpError::Invalid(
+            "request body: expected {\"image\": \"NAME\", …}".into(),
+        ));
+    }
+    let req: crate::containers::RunBody = body(&b)?;
+    let opts = crate::containers::run_opts(req).map_err(OpError::Invalid)?;
+    let v = sup.containers.run(opts).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn ctr_inspect(State(sup): State<Sup>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(sup.containers.inspect(&id).await?))
+}
+
+async fn ctr_start(State(sup): State<Sup>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(sup.containers.start(&id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StopBody {
+    /// Seconds between the stop signal and SIGKILL (default 10).
+    pub timeout: Option<u64>,
+}
+
+fn stop_timeout(b: &Bytes) -> ApiResult<Duration> {
+    let req: StopBody = body(b)?;
+    Ok(Duration::from_secs(req.timeout.unwrap_or(10).min(3600)))
+}
+
+async fn ctr_stop(
+    State(sup): State<Sup>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Json<Value>> {
+    let t = stop_timeout(&b)?;
+    Ok(Json(sup.containers.stop(&id, t).await?))
+}
+
+async fn ctr_restart(
+    State(sup): State<Sup>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Json<Value>> {
+    let t = stop_timeout(&b)?;
+    Ok(Json(sup.containers.restart(&id, t).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignalBody {
+    /// Default SIGKILL.
+    pub signal: Option<String>,
+}
+
+async fn ctr_kill(
+    State(sup): State<Sup>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: SignalBody = body(&b)?;
+    let sig = crate::containers::signal(req.signal.as_deref().unwrap_or("KILL"))
+        .map_err(OpError::Invalid)?;
+    Ok(Json(sup.containers.kill(&id, sig).await?))
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn ctr_remove(
+    State(sup): State<Sup>,
+    Path(id): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    sup.containers.remove(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct CtrLogsQuery {
+    /// Last N lines (default all).
+    tail: Option<usize>,
+}
+
+async fn ctr_logs(
+    State(sup): State<Sup>,
+    Path(id): Path<String>,
+    Query(q): Query<CtrLogsQuery>,
+) -> ApiResult<Response> {
+    let out = sup.containers.logs(&id, q.tail).await?;
+    Ok(([("content-type", "text/plain; charset=utf-8")], out).into_response())
+}
+
 async fn not_found() -> OpError {
     OpError::NotFound("no such endpoint (see /v1/openapi.json)".into())
 }
@@ -694,6 +798,69 @@ pub const ROUTES: &[(&str, &str, &str, Option<&str>, u16)] = &[
     ),
     (
         "get",
+        "/v1/containers",
+        "List containers (running ones; ?all=true for all)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/v1/containers",
+        "Create and start a container (`run -d`)",
+        Some("ContainerRun"),
+        201,
+    ),
+    (
+        "get",
+        "/v1/containers/{id}",
+        "A container's configuration and state (by name, ID or ID prefix)",
+        None,
+        200,
+    ),
+    (
+        "delete",
+        "/v1/containers/{id}",
+        "Remove a container (?force=true kills a running one)",
+        None,
+        204,
+    ),
+    (
+        "post",
+        "/v1/containers/{id}/start",
+        "Start a created or exited container",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/v1/containers/{id}/stop",
+        "Stop signal, then SIGKILL after the timeout; body {\"timeout\":SECONDS}",
+        Some("StopBody"),
+        200,
+    ),
+    (
+        "post",
+        "/v1/containers/{id}/restart",
+        "Stop (as /stop), then start",
+        Some("StopBody"),
+        200,
+    ),
+    (
+        "post",
+        "/v1/containers/{id}/kill",
+        "Send a signal (default SIGKILL); body {\"signal\":NAME}",
+        Some("SignalBody"),
+        200,
+    ),
+    (
+        "get",
+        "/v1/containers/{id}/logs",
+        "Output, both streams in order (?tail=LINES)",
+        None,
+        200,
+    ),
+    (
+        "get",
         "/v1/tasks/{id}",
         "A task (?wait=SECONDS long-polls until it ends)",
         None,
@@ -736,6 +903,13 @@ pub fn router(sup: Sup) -> Router {
         .route("/v1/vms/{name}/save", post(save))
         .route("/v1/vms/{name}/restore", post(restore))
         .route("/v1/vms/{name}/clone", post(clone_vm))
+        .route("/v1/containers", get(ctr_list).post(ctr_run))
+        .route("/v1/containers/{id}", get(ctr_inspect).delete(ctr_remove))
+        .route("/v1/containers/{id}/start", post(ctr_start))
+        .route("/v1/containers/{id}/stop", post(ctr_stop))
+        .route("/v1/containers/{id}/restart", post(ctr_restart))
+        .route("/v1/containers/{id}/kill", post(ctr_kill))
+        .route("/v1/containers/{id}/logs", get(ctr_logs))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/events", get(events))
         .fallback(not_found)
@@ -814,6 +988,30 @@ fn schemas() -> Value {
         "SnapshotBody": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": s("string")}},
         "PathBody": {"type": "object", "additionalProperties": false, "required": ["path"], "properties": {"path": s("string")}},
         "CloneBody": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": s("string"), "linked": s("boolean")}},
+        "ContainerRun": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["image"],
+            "properties": {
+                "image": s("string"),
+                "name": {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"},
+                "cmd": {"type": "array", "items": s("string")},
+                "entrypoint": s("string"),
+                "env": {"type": "array", "items": {"type": "string", "description": "KEY=VALUE"}},
+                "workdir": s("string"),
+                "user": s("string"),
+                "hostname": s("string"),
+                "restart": {"type": "string", "pattern": "^(no|always|unless-stopped|on-failure(:[0-9]+)?)$", "default": "no"},
+                "memory": {"type": "string", "description": "bytes with an optional k/m/g suffix", "example": "64m"},
+                "cpus": {"type": "number", "exclusiveMinimum": 0},
+                "pids_limit": {"type": "integer", "minimum": 1},
+                "network": {"type": "string", "enum": ["bridge", "host", "none"], "default": "bridge"},
+                "ports": {"type": "array", "items": {"type": "string", "description": "HOST:CONTAINER[/tcp|udp]"}},
+                "volumes": {"type": "array", "items": {"type": "string", "description": "/HOST:/CONTAINER[:ro]"}}
+            }
+        },
+        "StopBody": {"type": "object", "additionalProperties": false, "properties": {"timeout": {"type": "integer", "minimum": 0, "default": 10}}},
+        "SignalBody": {"type": "object", "additionalProperties": false, "properties": {"signal": {"type": "string", "default": "SIGKILL"}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": s("string")}},
         "TaskRef": {"type": "object", "properties": {"task": s("integer"), "href": s("string")}}
     })
@@ -871,7 +1069,7 @@ pub fn openapi_document() -> Value {
         "info": {
             "title": "ferrod",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Ferrovisor's management API: VM definitions, lifecycle, snapshots, clones, events. Served on a Unix socket (mode 0600) and optionally on TCP with a bearer token."
+            "description": "Ferrovisor's management API: VM definitions, lifecycle, snapshots, clones, events; containers (the same ones as `ferro container`) with restart policies. Served on a Unix socket (mode 0600) and optionally on TCP with a bearer token."
         },
         "paths": paths,
         "components": {

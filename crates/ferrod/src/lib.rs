@@ -4,6 +4,8 @@
 //! - [`spec`]: declarative VM definitions (TOML/JSON) → `ferro run` flags;
 //! - [`store`]: definitions and run records in SQLite;
 //! - [`supervisor`]: one `ferro run` per VM, states, restarts, re-attach;
+//! - [`containers`]: containers (the engine's, as a library) through the
+//!   API, and their supervision when the daemon runs;
 //! - [`api`]: the REST API and its OpenAPI document; [`events`]: events, tasks;
 //! - [`client`] and [`cli`]: `ferro vm`.
 //!
@@ -12,11 +14,13 @@
 //! (the HTTP API over a Unix socket and TCP, SSE for events, async process
 //! supervision), `tokio-stream`/`futures-util` (the SSE stream), `toml` and
 //! `serde_path_to_error` (definitions, and errors that name the field),
-//! `uuid` (VM identities).
+//! `uuid` (VM identities), `engine` and `images` (containers: the same code
+//! and state as `ferro container`).
 
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod containers;
 pub mod events;
 pub mod spec;
 pub mod store;
@@ -33,8 +37,9 @@ use anyhow::{bail, Context, Result};
 /// `ferro daemon` / `ferrod` arguments.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DaemonArgs {
-    /// Where definitions and VM files live (default: /var/lib/ferrovisor as
-    /// root, $XDG_DATA_HOME/ferrovisor otherwise).
+    /// Where definitions, VM files and containers live (default: $FERRO_ROOT,
+    /// else /var/lib/ferrovisor as root, $XDG_DATA_HOME/ferrovisor otherwise;
+    /// the same root as `ferro container`).
     #[arg(long, env = "FERROD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The API's Unix socket (default: ferrod.sock in the run dir).
@@ -54,31 +59,14 @@ pub struct DaemonArgs {
     pub shutdown_timeout: u64,
 }
 
-/// The state dir and run dir for these arguments. The run dir (sockets,
-/// pid files, the once-per-boot autostart marker) is on tmpfs where there is
-/// one (/run as root, $XDG_RUNTIME_DIR), else under the state dir; with an
-/// explicit state dir it is always `STATE/run`, so instances stay apart.
+/// The state dir and run dir for these arguments: the engine's
+/// [`engine::paths::state_dirs`], so `ferro container` and the daemon share
+/// one state root. The run dir (sockets, pid files, the once-per-boot
+/// autostart marker) is on tmpfs where there is one (/run as root,
+/// $XDG_RUNTIME_DIR), else under the state dir; with an explicit state dir
+/// (or $FERRO_ROOT) it is always `STATE/run`, so instances stay apart.
 pub fn dirs(state_dir: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
-    if let Some(s) = state_dir {
-        return Ok((s.to_path_buf(), s.join("run")));
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok((
-            PathBuf::from("/var/lib/ferrovisor"),
-            PathBuf::from("/run/ferrovisor"),
-        ));
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| home.map(|h| h.join(".local/share")))
-        .context("neither XDG_DATA_HOME nor HOME is set; give --state-dir")?
-        .join("ferrovisor");
-    let run = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(|r| PathBuf::from(r).join("ferrovisor"))
-        .unwrap_or_else(|| data.join("run"));
-    Ok((data, run))
+    engine::paths::state_dirs(state_dir)
 }
 
 /// Default API socket for a state dir.
@@ -151,6 +139,9 @@ pub fn daemon_main(args: DaemonArgs) -> Result<i32> {
     rt.block_on(async move {
         let sup = supervisor::Supervisor::new(cfg, store);
         sup.recover().await?;
+        // Containers: settle what happened while no daemon ran, then watch.
+        sup.containers.recover().await;
+        sup.containers.supervise();
         let _ = std::fs::remove_file(&socket);
         let ul = tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("cannot listen on {}", socket.display()))?;

@@ -181,6 +181,8 @@ pub struct Supervisor {
     pub store: Store,
     pub events: Events,
     pub tasks: Tasks,
+    /// The engine's containers under the same state dir.
+    pub containers: Arc<crate::containers::Containers>,
     vms: Mutex<HashMap<Uuid, Arc<Vm>>>,
 }
 
@@ -194,6 +196,7 @@ pub struct StartOpts {
 impl Supervisor {
     pub fn new(cfg: Config, store: Store) -> Arc<Self> {
         Arc::new(Supervisor {
+            containers: crate::containers::Containers::new(cfg.state_dir.clone()),
             cfg,
             store,
             events: Events::default(),
