@@ -3,7 +3,7 @@
 //! under any runc-compatible OCI runtime driven as a CLI (default: this
 //! binary's `ferro oci`; `--runtime runc` works too), each watched by a
 //! monitor process; networking via a bridge, veth pairs and iptables.
-//! The engine is a library so `ferrod` can call it later.
+//! The engine is a library: `ferrod` calls it for its container API.
 //!
 //! Dependencies and why: `oci-spec` for the runtime spec defaults (the same
 //! ones `runc spec` writes); `dockerfile-parser` (HPE's pest-based parser,

@@ -202,13 +202,21 @@ fn containers_supervised_by_ferrod() {
     };
     let deadline = Instant::now() + T;
     while logs("") != "up\nup\nup\n" {
-        assert!(
-            Instant::now() < deadline,
-            "logs: {:?}\n{:#}\n{}",
-            logs(""),
-            inspect(&d, "web"),
-            d.log()
-        );
+        if Instant::now() > deadline {
+            let v = inspect(&d, "web");
+            let (_, _, m, p) = st(&v);
+            let dir = d.state.join("containers").join(v["id"].as_str().unwrap());
+            let diag = Command::new("sh").arg("-c").arg(format!(
+                "ps -eo pid,ppid,stat,args | grep -v grep | grep -E 'sleep|_monitor|oci'; ls -l /proc/{p}/fd /proc/{m}/fd; cat {0}/monitor.log; ls -l {0}; cat {0}/container.log",
+                dir.display()
+            )).output().unwrap();
+            panic!(
+                "logs: {:?}\n{v:#}\n{}\n{}",
+                logs(""),
+                d.log(),
+                String::from_utf8_lossy(&diag.stdout)
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(logs("?tail=1"), "up\n");
