@@ -112,6 +112,31 @@ fn run(d: &Daemon, name: &str, restart: &str, cmd: &[&str]) -> Value {
     r.json().unwrap()
 }
 
+fn logs(d: &Daemon, q: &str) -> String {
+    let r = d
+        .client()
+        .request("GET", &format!("/v1/containers/web/logs{q}"), None, b"")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// Waits until `web` has logged `n` lines of "up" (one per start; the
+/// output lands a moment after the start is recorded).
+fn wait_logs(d: &Daemon, n: usize) {
+    let deadline = Instant::now() + T;
+    while logs(d, "") != "up\n".repeat(n) {
+        assert!(
+            Instant::now() < deadline,
+            "logs: {:?}\n{:#}\n{}",
+            logs(d, ""),
+            inspect(d, "web"),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn running_ids(d: &Daemon, all: bool) -> Vec<String> {
     let q = if all { "?all=true" } else { "" };
     let v = d.api("GET", &format!("/v1/containers{q}"), None).unwrap();
@@ -182,6 +207,8 @@ fn containers_supervised_by_ferrod() {
         s == "running" && n == 1 && p != pid
     });
     assert_eq!(st(&v).2, mon, "the same monitor restarted it");
+    // Output a monitor has not logged yet dies with it: let it land first.
+    wait_logs(&d, 2);
 
     // Monitor and container killed: ferrod applies the policy.
     crash(&v);
@@ -191,35 +218,9 @@ fn containers_supervised_by_ferrod() {
     });
     let mon = st(&v).2;
     assert!(d.log().contains("container monitor died"), "{}", d.log());
-    // One line per start (the output lands a moment after the start).
-    let logs = |q: &str| {
-        let r = d
-            .client()
-            .request("GET", &format!("/v1/containers/web/logs{q}"), None, b"")
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.text()
-    };
-    let deadline = Instant::now() + T;
-    while logs("") != "up\nup\nup\n" {
-        if Instant::now() > deadline {
-            let v = inspect(&d, "web");
-            let (_, _, m, p) = st(&v);
-            let dir = d.state.join("containers").join(v["id"].as_str().unwrap());
-            let diag = Command::new("sh").arg("-c").arg(format!(
-                "ps -eo pid,ppid,stat,args | grep -v grep | grep -E 'sleep|_monitor|oci'; ls -l /proc/{p}/fd /proc/{m}/fd; cat {0}/monitor.log; ls -l {0}; cat {0}/container.log",
-                dir.display()
-            )).output().unwrap();
-            panic!(
-                "logs: {:?}\n{v:#}\n{}\n{}",
-                logs(""),
-                d.log(),
-                String::from_utf8_lossy(&diag.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(logs("?tail=1"), "up\n");
+    // One line per start.
+    wait_logs(&d, 3);
+    assert_eq!(logs(&d, "?tail=1"), "up\n");
 
     // kill -9 of ferrod: the container keeps running; the next daemon
     // lists it as it is and supervises it.
