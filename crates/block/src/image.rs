@@ -13,12 +13,6 @@ use crate::{
     Qcow2Info, RebaseOptions, Repair, ResizeOptions, Result, SnapshotInfo,
 };
 
-/// Writes staged by [`Image::stage_write`], to commit once written.
-pub(crate) enum Staged {
-    Raw,
-    Qcow2(Vec<qcow2::StagedRun>),
-}
-
 /// One piece of a request mapped to the host file: `len` bytes at `host`
 /// from `buf` bytes into the caller's buffer.
 #[derive(Debug, Clone, Copy)]
@@ -362,57 +356,6 @@ impl Image {
         check_range(size, offset, buf.len() as u64)?;
         let q = self.qcow2_mut("compression")?;
         q.write_packed(buf, packed, offset)
-    }
-
-    /// Bulk-copy staging for `convert`: where the data of a write to
-    /// `[off, off+len)` goes in the image file, as (host offset, buffer
-    /// offset, length) pieces, so that another thread can write it; then
-    /// [`Image::commit_staged`]. `None`: write it with `write_at` instead.
-    pub(crate) fn stage_write(
-        &mut self,
-        off: u64,
-        len: usize,
-    ) -> Result<Option<(Vec<Seg>, Staged)>> {
-        check_range(self.size(), off, len as u64)?;
-        match &mut self.kind {
-            Kind::Raw(r) => {
-                if r.read_only() {
-                    return Err(Error::ReadOnly);
-                }
-                Ok(Some((
-                    vec![Seg {
-                        host: off,
-                        buf: 0,
-                        len,
-                    }],
-                    Staged::Raw,
-                )))
-            }
-            Kind::Qcow2(q) => Ok(q.stage_fresh(off, len)?.map(|runs| {
-                let segs = runs
-                    .iter()
-                    .map(|r| Seg {
-                        host: r.host_start(),
-                        buf: r.buf,
-                        len: r.bytes as usize,
-                    })
-                    .collect();
-                (segs, Staged::Qcow2(runs))
-            })),
-        }
-    }
-
-    /// Maps staged data once it is written (data before L2).
-    pub(crate) fn commit_staged(&mut self, s: &Staged) -> Result<()> {
-        match (&mut self.kind, s) {
-            (Kind::Qcow2(q), Staged::Qcow2(runs)) => {
-                for r in runs {
-                    q.commit_staged(r)?;
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
     }
 
     pub(crate) fn data_path(&self) -> &Path {
@@ -845,12 +788,14 @@ fn is_zero(b: &[u8]) -> bool {
 /// inside data (qemu-img's default `-S 4k`), when `opts.target_is_zero`;
 /// writes compressed clusters when `opts.compress`.
 ///
-/// A pipeline like qemu-img's (`-m 8`): one thread maps and reads the
-/// source and finds zero blocks; this thread allocates target clusters in
-/// guest order; up to [`CONVERT_REQUESTS`] data writes run at once on I/O
-/// threads, and each is mapped in the target's L2 table only once written
-/// (data before L2). With `-c`, clusters are compressed on that many
-/// worker threads and stored in guest order (packed like qemu's).
+/// A two-stage pipeline: one thread maps and reads the source and finds
+/// zero blocks while this thread writes the previous chunk (allocating
+/// target clusters in guest order, data before L2). Writes stay on this one
+/// thread: buffered writes to one file serialize on its inode lock, so
+/// more writer threads only add lock spinning and wake-ups, and a few
+/// recycled buffers stay in the CPU cache where a deep queue would not.
+/// With `-c`, clusters are compressed on [`CONVERT_REQUESTS`] worker
+/// threads and stored in guest order (packed like qemu's).
 /// Like qemu-img convert (whose target cache mode defaults to `unsafe`), it
 /// switches `dst` to [`Image::set_unsafe_cache`]: the final flush writes all
 /// metadata in order but does not fsync.
@@ -885,38 +830,20 @@ pub fn convert(
     let sparse = cs.max(SPARSE_BLOCK);
     let tz = opts.target_is_zero;
     let compress = opts.compress;
-    let (workers, lanes) = if compress {
-        (CONVERT_REQUESTS, 0)
-    } else {
-        (0, CONVERT_REQUESTS)
-    };
-    let io_file = if lanes > 0 {
-        Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(dst.data_path())
-                .map_err(|e| qcow2::io_err(dst.data_path(), e))?,
-        )
-    } else {
-        None
-    };
-    let io_path = dst.data_path().to_path_buf();
+    let workers = if compress { CONVERT_REQUESTS } else { 0 };
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Item)>(2 + workers);
-    // Everything this thread reacts to: source items (in sequence order
-    // after reordering) and finished writes.
-    let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Msg>();
-    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(lanes.max(1));
+    // Source items for this thread (out of order with -c).
+    let (msg_tx, msg_rx) = std::sync::mpsc::channel::<(u64, Item)>();
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..4 + 2 * (workers + lanes) {
+    for _ in 0..CONVERT_BUFFERS + 2 * workers {
         let _ = free_tx.send(vec![0u8; chunk as usize]);
     }
     std::thread::scope(|scope| -> Result<()> {
         // Owned here so that an early error return hangs up on the others.
         let msg_rx = msg_rx;
         let free_tx = free_tx;
-        let job_tx = job_tx;
-        // Shared by the compressors / I/O threads; dropped when the last
-        // one stops, which unblocks whoever feeds them.
+        // Shared by the compressors; dropped when the last one stops,
+        // which unblocks whoever feeds them.
         let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
         for _ in 0..workers {
             let msg_tx = msg_tx.clone();
@@ -934,7 +861,7 @@ pub fn convert(
                                 Ok(Some(z)) => Packed::Zipped(z),
                                 Ok(None) => Packed::Plain,
                                 Err(e) => {
-                                    let _ = msg_tx.send(Msg::Item(seq, Item::Err(e)));
+                                    let _ = msg_tx.send((seq, Item::Err(e)));
                                     return;
                                 }
                             }
@@ -942,39 +869,12 @@ pub fn convert(
                     }
                     *work = Work::Packed(packed);
                 }
-                if msg_tx.send(Msg::Item(seq, item)).is_err() {
+                if msg_tx.send((seq, item)).is_err() {
                     return;
                 }
             });
         }
         drop(work_rx);
-        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
-        for _ in 0..lanes {
-            let msg_tx = msg_tx.clone();
-            let job_rx = job_rx.clone();
-            let file = io_file.as_ref();
-            let path = &io_path;
-            scope.spawn(move || loop {
-                let next = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(job) = next else { return };
-                let mut res = Ok(());
-                if let Some(f) = file {
-                    for s in &job.segs {
-                        use std::os::unix::fs::FileExt;
-                        res = f
-                            .write_all_at(&job.buf[s.buf..s.buf + s.len], s.host)
-                            .map_err(|e| qcow2::io_err(path, e));
-                        if res.is_err() {
-                            break;
-                        }
-                    }
-                }
-                if msg_tx.send(Msg::Written(job.id, job.buf, res)).is_err() {
-                    return;
-                }
-            });
-        }
-        drop(job_rx);
         // Data goes to the compressors with -c, else straight here.
         let out_tx = if compress { None } else { Some(msg_tx.clone()) };
         drop(msg_tx);
@@ -982,7 +882,7 @@ pub fn convert(
             let mut seq = 0u64;
             let mut send = |item: Item| -> bool {
                 let r = match &out_tx {
-                    Some(t) => t.send(Msg::Item(seq, item)).is_ok(),
+                    Some(t) => t.send((seq, item)).is_ok(),
                     None => work_tx.send((seq, item)).is_ok(),
                 };
                 seq += 1;
@@ -1053,22 +953,19 @@ pub fn convert(
             };
             send(end);
         });
-        let mut w = Writer {
-            dst: &mut *dst,
-            rx: &msg_rx,
-            free_tx: &free_tx,
-            pending: std::collections::BTreeMap::new(),
-            inflight: Vec::new(),
-            next_id: 0,
-            cluster_bits: (cs.max(1)).trailing_zeros(),
-        };
         // Items in sequence order (the compressors finish out of order).
+        let mut pending = std::collections::BTreeMap::new();
         let mut next = 0u64;
         loop {
-            let item = match w.pending.remove(&next) {
+            let item = match pending.remove(&next) {
                 Some(item) => item,
                 None => {
-                    w.wait_one()?;
+                    let (seq, item) = msg_rx.recv().map_err(|_| {
+                        Error::InvalidArgument(
+                            "convert: a worker thread stopped unexpectedly".into(),
+                        )
+                    })?;
+                    pending.insert(seq, item);
                     continue;
                 }
             };
@@ -1078,8 +975,7 @@ pub fn convert(
                 Item::Err(e) => return Err(e),
                 Item::Zero(off, len) => {
                     if !tz {
-                        w.drain_overlapping(off, len)?;
-                        w.dst.write_zeroes(off, len)?;
+                        dst.write_zeroes(off, len)?;
                     }
                     if let Some(pr) = progress.as_mut() {
                         pr(off + len, size);
@@ -1093,25 +989,28 @@ pub fn convert(
                                 let at = off + k as u64 * cs;
                                 match z {
                                     Packed::Skip => {}
-                                    Packed::Plain => w.dst.write_precompressed(c, None, at)?,
+                                    Packed::Plain => dst.write_precompressed(c, None, at)?,
                                     Packed::Zipped(z) => {
-                                        w.dst.write_precompressed(c, Some(&z), at)?
+                                        dst.write_precompressed(c, Some(&z), at)?
                                     }
                                 }
                             }
-                            let _ = free_tx.send(buf);
                         }
-                        Work::Runs(runs) => w.write_runs(&job_tx, off, buf, &runs)?,
+                        // Each run is one write: fresh qcow2 clusters are
+                        // allocated contiguously for it (one pwrite per L2
+                        // table it spans), then mapped.
+                        Work::Runs(runs) => {
+                            for (s, l) in runs {
+                                dst.write_at(&buf[s..s + l], off + s as u64)?;
+                            }
+                        }
                     }
+                    let _ = free_tx.send(buf);
                     if let Some(pr) = progress.as_mut() {
                         pr(off + n as u64, size);
                     }
                 }
             }
-        }
-        // Everything written and mapped before the final flush.
-        while !w.inflight.is_empty() {
-            w.wait_one()?;
         }
         Ok(())
     })?;
@@ -1121,137 +1020,13 @@ pub fn convert(
     dst.flush()
 }
 
-/// Parallel requests of `convert` (qemu-img convert's default `-m 8`).
+/// Compressor threads of `convert -c` (qemu-img convert's default `-m 8`).
 pub const CONVERT_REQUESTS: usize = 8;
 
-/// What `convert`'s writing thread receives.
-enum Msg {
-    Item(u64, Item),
-    /// A staged write finished: (job id, its buffer, result).
-    Written(u64, Vec<u8>, Result<()>),
-}
-
-/// A data write for an I/O thread.
-struct Job {
-    id: u64,
-    buf: Vec<u8>,
-    segs: Vec<Seg>,
-}
-
-/// `convert`'s target side: stages writes, hands them to I/O threads, and
-/// maps them once written.
-struct Writer<'a> {
-    dst: &'a mut Image,
-    rx: &'a std::sync::mpsc::Receiver<Msg>,
-    free_tx: &'a std::sync::mpsc::Sender<Vec<u8>>,
-    pending: std::collections::BTreeMap<u64, Item>,
-    /// Writes in flight: (job id, guest range, what to map once written).
-    inflight: Vec<(u64, std::ops::Range<u64>, Staged)>,
-    next_id: u64,
-    cluster_bits: u32,
-}
-
-impl Writer<'_> {
-    /// Handles one message: a source item is queued, a finished write is
-    /// mapped and its buffer recycled.
-    fn wait_one(&mut self) -> Result<()> {
-        let msg = self.rx.recv().map_err(|_| {
-            Error::InvalidArgument("convert: a worker thread stopped unexpectedly".into())
-        })?;
-        match msg {
-            Msg::Item(seq, item) => {
-                self.pending.insert(seq, item);
-            }
-            Msg::Written(id, buf, res) => {
-                let _ = self.free_tx.send(buf);
-                res?;
-                // Every staged piece of that job is on disk now: map them.
-                let mut i = 0;
-                while i < self.inflight.len() {
-                    if self.inflight[i].0 == id {
-                        let (_, _, staged) = self.inflight.swap_remove(i);
-                        self.dst.commit_staged(&staged)?;
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until no write in flight shares a target cluster with
-    /// `[off, off+len)` (a cluster is staged once, then written in place).
-    fn drain_overlapping(&mut self, off: u64, len: u64) -> Result<()> {
-        let b = self.cluster_bits;
-        let (first, end) = (off >> b, (off + len).div_ceil(1 << b));
-        while self
-            .inflight
-            .iter()
-            .any(|(_, r, _)| r.start < end && first < r.end)
-        {
-            self.wait_one()?;
-        }
-        Ok(())
-    }
-
-    /// Writes the non-zero `runs` of `buf` (guest offset `off`): staged
-    /// pieces on the I/O threads, the rest here.
-    fn write_runs(
-        &mut self,
-        job_tx: &std::sync::mpsc::SyncSender<Job>,
-        off: u64,
-        buf: Vec<u8>,
-        runs: &[(usize, usize)],
-    ) -> Result<()> {
-        let b = self.cluster_bits;
-        let mut segs = Vec::new();
-        let mut staged = Vec::new();
-        for &(s, l) in runs {
-            let at = off + s as u64;
-            self.drain_overlapping(at, l as u64)?;
-            match self.dst.stage_write(at, l)? {
-                Some((ss, st)) => {
-                    segs.extend(ss.into_iter().map(|mut x| {
-                        x.buf += s;
-                        x
-                    }));
-                    staged.push(st);
-                }
-                None => self.dst.write_at(&buf[s..s + l], at)?,
-            }
-        }
-        if segs.is_empty() {
-            let _ = self.free_tx.send(buf);
-            return Ok(());
-        }
-        let first = runs.first().map_or(off, |r| off + r.0 as u64);
-        let last = runs.last().map_or(off, |r| off + (r.0 + r.1) as u64);
-        let id = self.next_id;
-        self.next_id += 1;
-        for st in staged {
-            self.inflight
-                .push((id, (first >> b)..last.div_ceil(1 << b), st));
-        }
-        let job = Job { id, buf, segs };
-        let mut job = Some(job);
-        while let Some(j) = job.take() {
-            match job_tx.try_send(j) {
-                Ok(()) => {}
-                Err(std::sync::mpsc::TrySendError::Full(j)) => {
-                    job = Some(j);
-                    self.wait_one()?;
-                }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                    return Err(Error::InvalidArgument(
-                        "convert: the I/O threads stopped unexpectedly".into(),
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-}
+/// Chunk buffers of a plain `convert`: one being read, one being written,
+/// two ready (slack for scheduling delays). More only rotate more memory
+/// through the CPU cache: the copies into and out of them then miss it.
+const CONVERT_BUFFERS: usize = 4;
 
 /// qemu-img convert's default minimum sparse block (`-S 4k`).
 const SPARSE_BLOCK: u64 = 4096;

@@ -51,24 +51,6 @@ pub(crate) enum Map {
     Compressed(u64, u64),
 }
 
-/// Fresh clusters allocated by `Qcow2::stage_fresh`: `bytes` of the
-/// caller's buffer from byte `buf` go to host offset `host + in_c`.
-#[derive(Debug, Clone)]
-pub(crate) struct StagedRun {
-    gc: u64,
-    k: u64,
-    host: u64,
-    in_c: u64,
-    pub(crate) bytes: u64,
-    pub(crate) buf: usize,
-}
-
-impl StagedRun {
-    pub(crate) fn host_start(&self) -> u64 {
-        self.host + self.in_c
-    }
-}
-
 /// An open qcow2 file (its backing chain is owned here too).
 pub struct Qcow2 {
     pub(crate) file: File,
@@ -115,8 +97,9 @@ pub struct Qcow2 {
     pub(crate) direct: Option<crate::direct::DirectIo>,
     /// qemu's cache=unsafe: never fsync (ordering of writes is kept).
     pub(crate) unsafe_cache: bool,
-    /// With O_DIRECT, the file is grown ahead of allocation (sparse) so
-    /// parallel direct writes to fresh clusters do not each extend it;
+    /// With O_DIRECT, the file is grown ahead of allocation (see
+    /// `grow_file`) so parallel direct writes to fresh clusters do not each
+    /// extend it;
     /// trimmed back on close. Current file length when grown, else 0.
     pub(crate) grown_to: u64,
     /// Where live metadata sits (overlap checks, see `overlap`).
@@ -992,77 +975,6 @@ impl Qcow2 {
         }
     }
 
-    /// Bulk-copy staging (`convert`): when every cluster of `[off, off+len)`
-    /// can take a fresh allocation, allocates them (contiguous runs, one per
-    /// L2 table) and returns where the data goes. The caller writes it, from
-    /// any thread, then calls `commit_staged` (data before L2). `None`: use
-    /// `write`. The caller must not touch these guest clusters meanwhile.
-    pub(crate) fn stage_fresh(&mut self, off: u64, len: usize) -> Result<Option<Vec<StagedRun>>> {
-        self.check_writable()?;
-        let end = off + len as u64;
-        if len == 0 || (self.free_hint << self.cluster_bits) < self.fresh_from {
-            return Ok(None);
-        }
-        let bits = self.cluster_bits;
-        let mut pos = off;
-        while pos < end {
-            let gc = pos >> bits;
-            let table_end = ((gc / self.l2_entries + 1) * self.l2_entries) << bits;
-            let piece_end = table_end.min(end);
-            let last = (piece_end - 1) >> bits;
-            match self.l2_for_read(gc)? {
-                None => {
-                    if !self.below_is_zero(gc) {
-                        return Ok(None);
-                    }
-                }
-                Some(slot) => {
-                    for c in gc..=last {
-                        let (e, bm) = self.l2_get(slot, self.l2_index(c));
-                        if !self.fresh_ok(e, bm, c) {
-                            return Ok(None);
-                        }
-                    }
-                }
-            }
-            pos = piece_end;
-        }
-        self.mark_dirty_if_lazy()?;
-        self.zcache = None;
-        let mut runs = Vec::new();
-        let mut pos = off;
-        while pos < end {
-            let gc = pos >> bits;
-            let in_c = pos & (self.cs - 1);
-            let table_end = ((gc / self.l2_entries + 1) * self.l2_entries) << bits;
-            let piece_end = table_end.min(end);
-            let k = ((piece_end - 1) >> bits) - gc + 1;
-            let bytes = piece_end - pos;
-            // The table exists (and the L1 points at it) before data lands.
-            self.l2_for_write(gc)?;
-            let host = self.alloc_clusters(k)?;
-            self.guard_write(host + in_c, bytes, None)?;
-            self.note_written(host + in_c, bytes);
-            runs.push(StagedRun {
-                gc,
-                k,
-                host,
-                in_c,
-                bytes,
-                buf: (pos - off) as usize,
-            });
-            pos = piece_end;
-        }
-        Ok(Some(runs))
-    }
-
-    /// Maps a run staged by `stage_fresh` whose data is written.
-    pub(crate) fn commit_staged(&mut self, r: &StagedRun) -> Result<()> {
-        let slot = self.l2_for_write(r.gc)?;
-        self.map_run(slot, r.gc, r.k, r.host, r.in_c, r.bytes);
-        Ok(())
-    }
-
     #[inline]
     fn in_place_ok(&self, e: u64, bm: u64, in_c: u64, n: u64) -> bool {
         if e & COPIED == 0 || e & COMPRESSED != 0 || e & L2E_OFFSET_MASK == 0 {
@@ -1338,7 +1250,7 @@ impl Qcow2 {
                 .len();
             if host + self.cs > len {
                 let to = (host + self.cs + (32 << 20)).next_multiple_of(self.cs);
-                self.file.set_len(to).map_err(|e| io_err(&self.path, e))?;
+                self.grow_file(len, to)?;
                 self.grown_to = to;
             } else {
                 self.grown_to = len;
@@ -1359,6 +1271,29 @@ impl Qcow2 {
             len: n,
         });
         Ok(Plan::Fresh { gc, host, bitmap })
+    }
+
+    /// Extends the file from `len` to `to` ahead of O_DIRECT writes:
+    /// preallocated (unwritten extents, which read as zeroes) where the
+    /// filesystem can, else sparse. Direct writes into preallocated blocks
+    /// are overwrites, which ext4 runs in parallel under a shared inode
+    /// lock; writes into holes or past the end take it exclusively, one at
+    /// a time.
+    fn grow_file(&mut self, len: u64, to: u64) -> Result<()> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: fallocate on our own open descriptor, in-range arguments.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                len as libc::off_t,
+                (to - len) as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        self.file.set_len(to).map_err(|e| io_err(&self.path, e))
     }
 
     /// Maps a fresh cluster whose data is now written (data before L2).
