@@ -87,7 +87,11 @@ impl Container {
     /// Rewrites state.json atomically.
     pub fn save(&self, eng: &Engine) -> Result<()> {
         let dir = self.dir(eng);
-        let tmp = dir.join("state.json.tmp");
+        // A temporary name per writer: the monitor, the CLI and ferrod's
+        // threads may save the same container at once; each rename is atomic.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("state.json.tmp.{}.{n}", std::process::id()));
         fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, dir.join("state.json")).context("replacing state.json")?;
@@ -133,8 +137,22 @@ pub fn list(eng: &Engine) -> Result<Vec<Container>> {
 pub const MONITOR_DIED: &str = "monitor process died";
 
 /// A "running" container whose monitor died is reported as exited.
+/// A monitor saves its last record before it exits, so re-reading after
+/// seeing it dead gets that record; without the re-read a monitor that
+/// exited normally between our read and our check would have its exit
+/// code overwritten.
 fn fix_stale(eng: &Engine, c: &mut Container) {
-    if c.is_running() && c.state.monitor_pid > 0 && !pid_alive(c.state.monitor_pid) {
+    let stale = |c: &Container| {
+        c.is_running() && c.state.monitor_pid > 0 && !pid_alive(c.state.monitor_pid)
+    };
+    if !stale(c) {
+        return;
+    }
+    match Container::load(eng, &c.id) {
+        Ok(fresh) => *c = fresh,
+        Err(_) => return,
+    }
+    if stale(c) {
         c.state.status = "exited".into();
         c.state.exit_code = 255;
         c.state.error = MONITOR_DIED.into();
