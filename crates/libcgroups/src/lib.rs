@@ -3,10 +3,13 @@
 //! Owns the host side of cgroups: detecting the layout (v1, hybrid, v2),
 //! creating a container's cgroup in every hierarchy, applying the OCI
 //! `linux.resources` limits, moving processes in, reading stats and removing
-//! the cgroup again. It speaks only to the cgroupfs files (no systemd).
+//! the cgroup again. It speaks only to the cgroupfs files (no systemd), and
+//! on v2 to bpf(2) for device rules (see [`devices`]).
 //!
 //! Dependencies: `oci-spec` for the resource types (the same types the runtime
 //! parses config.json into, so no conversion layer), `serde` for stats JSON.
+
+pub mod devices;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 use serde::Serialize;
@@ -803,6 +806,17 @@ impl Manager {
                 &format!("hugetlb.{}.max", h.page_size()),
                 &h.limit().to_string(),
             )?;
+        }
+        if let Some(devs) = r.devices() {
+            // No devices controller on v2: an eBPF program enforces them.
+            if fs_magic(d) != Some(CGROUP2_SUPER_MAGIC) {
+                devices::program(devs)?;
+                return Err(Error::Msg(format!(
+                    "device rules need a cgroup2 directory; {} is not on one",
+                    d.display()
+                )));
+            }
+            devices::apply(d, devs)?;
         }
         if let Some(u) = r.unified() {
             for (k, v) in u {

@@ -234,3 +234,22 @@ fn freeze_writes_cgroup_freeze_and_reads_cgroup_events() {
     fs::write(d.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
     assert!(!m.is_frozen());
 }
+
+#[test]
+fn device_rules_outside_cgroup2_are_refused_clearly() {
+    let t = fake_root("");
+    let m = Manager::v2(t.path(), Path::new("/d")).unwrap();
+    m.create().unwrap();
+    let e = m
+        .apply(&resources(
+            json!({"devices": [{"allow": false, "access": "rwm"}]}),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("need a cgroup2 directory"), "{e}");
+    let e = m
+        .apply(&resources(json!({"devices": [{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwz"}]})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("access 'z'"), "{e}");
+}

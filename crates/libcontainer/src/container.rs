@@ -96,6 +96,8 @@ fn device_rules(spec: &Spec) -> Vec<LinuxDeviceCgroup> {
         .and_then(|l| l.devices().as_ref())
         .into_iter()
         .flatten()
+        // FIFOs are no device cgroup type (the kernel never checks them).
+        .filter(|d| d.typ() != LinuxDeviceType::P)
     {
         v.push(LinuxDeviceCgroup::from(d));
     }
