@@ -156,9 +156,14 @@ impl Drop for Cleanup {
     }
 }
 
-/// Forks a child that joins the cgroup at `dir`, opens each device and
-/// reports the errno of every open (0: opened).
+/// Forks a child that joins the cgroup at `dir`, opens each device
+/// read-write and reports the errno of every
+/// open (0: opened).
 fn open_in_cgroup(dir: &Path, devs: &[&str]) -> Vec<i32> {
+    open_with(dir, devs, libc::O_RDWR)
+}
+
+fn open_with(dir: &Path, devs: &[&str], flags: libc::c_int) -> Vec<i32> {
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))
@@ -178,7 +183,7 @@ fn open_in_cgroup(dir: &Path, devs: &[&str]) -> Vec<i32> {
                 libc::_exit(2);
             }
             for c in &paths {
-                let fd = libc::open(c.as_ptr(), libc::O_RDWR);
+                let fd = libc::open(c.as_ptr(), flags);
                 let e: i32 = if fd < 0 { *libc::__errno_location() } else { 0 };
                 libc::write(p[1], (&e as *const i32).cast(), 4);
             }
@@ -247,6 +252,10 @@ fn kernel_enforces_the_rules_and_updates_replace_them() {
     assert_eq!(
         open_in_cgroup(&dir, &["/dev/null", "/dev/zero"]),
         [0, libc::EPERM]
+    );
+    assert_eq!(
+        open_with(&dir, &["/dev/null", "/dev/zero"], libc::O_RDONLY),
+        [0, 0]
     );
     drop(guard);
     assert!(!dir.exists());
