@@ -962,9 +962,12 @@ fn create_cpuset(dir: &Path) -> Result<()> {
 fn apply_v1_devices(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
     for r in rules {
         let ty = match r.typ() {
-            Some(LinuxDeviceType::C) => "c",
+            // Unbuffered character devices are character devices; the
+            // kernel never checks FIFOs. Neither may widen into an "a" rule.
+            Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => "c",
             Some(LinuxDeviceType::B) => "b",
-            _ => "a",
+            Some(LinuxDeviceType::P) => continue,
+            Some(LinuxDeviceType::A) | None => "a",
         };
         let num = |n: Option<i64>| n.map_or("*".to_string(), |v| v.to_string());
         let rule = if ty == "a" && r.major().is_none() && r.minor().is_none() {
@@ -1101,6 +1104,33 @@ mod tests {
         );
         assert!(cgroup_path(Some(Path::new("/x/../../etc")), "a").is_err());
         assert!(cgroup_path(Some(Path::new("system.slice:docker:a")), "a").is_err());
+    }
+
+    #[test]
+    fn v1_device_rules_never_widen_to_all() {
+        use oci_spec::runtime::LinuxDeviceCgroupBuilder;
+        let d = tempfile::tempdir().unwrap();
+        let rule = |t| {
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(t)
+                .major(1i64)
+                .minor(3i64)
+                .access("rw")
+                .build()
+                .unwrap()
+        };
+        apply_v1_devices(d.path(), &[rule(LinuxDeviceType::U)]).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join("devices.allow")).unwrap(),
+            "c 1:3 rw"
+        );
+        fs::remove_file(d.path().join("devices.allow")).unwrap();
+        apply_v1_devices(d.path(), &[rule(LinuxDeviceType::P)]).unwrap();
+        assert!(
+            !d.path().join("devices.allow").exists(),
+            "FIFO rule written"
+        );
     }
 
     #[test]
