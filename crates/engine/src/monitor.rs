@@ -46,17 +46,6 @@ fn pump(
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         let mut pending: Vec<u8> = Vec::new();
-        let flush_line = |line: &[u8], log: &Arc<Mutex<fs::File>>| {
-            let text = String::from_utf8_lossy(line);
-            let entry = format!(
-                "{{\"log\":{},\"stream\":\"{stream}\",\"time\":\"{}\"}}\n",
-                json_escape(&text),
-                images::store::now_rfc3339()
-            );
-            if let Ok(mut f) = log.lock() {
-                let _ = f.write_all(entry.as_bytes());
-            }
-        };
         loop {
             let n = match src.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -74,11 +63,11 @@ fn pump(
             pending.extend_from_slice(&buf[..n]);
             while let Some(i) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=i).collect();
-                flush_line(&line, &log);
+                log_line(&log, &line, stream);
             }
         }
         if !pending.is_empty() {
-            flush_line(&pending, &log);
+            log_line(&log, &pending, stream);
         }
     })
 }
