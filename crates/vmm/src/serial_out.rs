@@ -61,11 +61,17 @@ impl SerialSink {
         Box::new(self.clone())
     }
 
-    /// Makes `conn` the console client unless one is attached.
+    /// Makes `conn` the console client unless a live one is attached. A
+    /// client that has hung up but whose reader thread has not yet seen EOF
+    /// does not count: a user who quits and reconnects at once must not be
+    /// told "busy". (The old reader still drains its socket, then its
+    /// `detach` no-ops on the id mismatch.)
     fn attach(&self, id: u64, conn: &UnixStream) -> std::io::Result<bool> {
         let mut o = self.lock();
-        if o.client.is_some() {
-            return Ok(false);
+        if let Some((_, c)) = &o.client {
+            if !hung_up(c) {
+                return Ok(false);
+            }
         }
         // Not set_nonblocking: that would change the reader's descriptor
         // too (one open file); writes use MSG_DONTWAIT instead.
@@ -79,6 +85,18 @@ impl SerialSink {
             o.client = None;
         }
     }
+}
+
+/// Whether the peer of `c` has closed its end (checked without blocking).
+fn hung_up(c: &UnixStream) -> bool {
+    let mut p = libc::pollfd {
+        fd: c.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: polls one valid pollfd we own, with a zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 impl Write for SerialSink {
@@ -220,5 +238,24 @@ mod tests {
             std::thread::yield_now();
         }
         drop(c);
+    }
+
+    #[test]
+    fn a_hung_up_client_does_not_keep_the_console_busy() {
+        // No reader threads here: the client stays recorded after its peer
+        // closes, which is the window between a user quitting and the
+        // server's reader seeing EOF.
+        let sink = SerialSink::new(false, None).unwrap();
+        let (a, a_peer) = UnixStream::pair().unwrap();
+        assert!(sink.attach(1, &a).unwrap());
+        let (b, _b_peer) = UnixStream::pair().unwrap();
+        assert!(!sink.attach(2, &b).unwrap(), "a is live: busy");
+        drop(a_peer);
+        assert!(sink.attach(3, &b).unwrap(), "a hung up: b takes over");
+        let (c, _c_peer) = UnixStream::pair().unwrap();
+        assert!(!sink.attach(4, &c).unwrap(), "b is live: busy");
+        // a's late detach does not drop b.
+        sink.detach(1);
+        assert!(matches!(&sink.lock().client, Some((3, _))));
     }
 }
