@@ -427,6 +427,12 @@ fn status_text(c: &Container) -> String {
             c.state.exit_code,
             ago(&c.state.finished_at)
         ),
+        // Between runs under a restart policy, as docker words it.
+        "restarting" => format!(
+            "Restarting ({}) {} ago",
+            c.state.exit_code,
+            ago(&c.state.finished_at)
+        ),
         _ => "Created".into(),
     }
 }
@@ -967,5 +973,25 @@ fn stats(eng: &Engine, no_stream: bool, names: &[String]) -> Result<i32> {
         if no_stream {
             return Ok(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_status_words() {
+        let mut c = Container::default();
+        assert_eq!(status_text(&c), "Created");
+        c.state.status = "restarting".into();
+        c.state.exit_code = 1;
+        assert!(
+            status_text(&c).starts_with("Restarting (1) "),
+            "{}",
+            status_text(&c)
+        );
+        c.state.status = "exited".into();
+        assert!(status_text(&c).starts_with("Exited (1) "));
     }
 }
