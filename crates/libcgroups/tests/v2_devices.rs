@@ -264,11 +264,8 @@ fn kernel_enforces_the_rules_and_updates_replace_them() {
 #[test]
 fn the_runtimes_default_rule_list_passes_the_verifier() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "loading BPF programs needs root"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "loading BPF programs needs root");
     let c = |ma, mi| dev(true, LinuxDeviceType::C, ma, mi, "rwm");
     let rules = vec![
         deny_all(),

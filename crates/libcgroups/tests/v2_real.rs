@@ -14,11 +14,8 @@ use std::time::{Duration, Instant};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests need root (cgroups, mounts)"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "these tests need root (cgroups, mounts)");
 }
 
 fn mount(src: &str, target: &Path, fstype: &str) {

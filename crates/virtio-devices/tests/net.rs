@@ -41,11 +41,8 @@ impl Netns {
         std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("netns handle");
             // SAFETY: setns on a valid netns fd; affects only this thread.
-            assert_eq!(
-                unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns"
-            );
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns");
             Tap::open(&name).expect("open tap in netns")
         })
         .join()
