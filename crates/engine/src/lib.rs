@@ -367,29 +367,11 @@ fn opts_from(f: &RunFlags) -> Result<CreateOpts> {
 }
 
 fn ago(rfc: &str) -> String {
-    let parse = |s: &str| -> Option<u64> {
-        // YYYY-MM-DDTHH:MM:SSZ → seconds (inverse of rfc3339()).
-        let b = s.as_bytes();
-        if b.len() < 19 {
-            return None;
-        }
-        let n = |a: usize, l: usize| s.get(a..a + l)?.parse::<i64>().ok();
-        let (y, m, d) = (n(0, 4)?, n(5, 2)?, n(8, 2)?);
-        let (hh, mm, ss) = (n(11, 2)?, n(14, 2)?, n(17, 2)?);
-        let y2 = if m <= 2 { y - 1 } else { y };
-        let era = y2.div_euclid(400);
-        let yoe = y2 - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146097 + doe - 719468;
-        Some((days * 86400 + hh * 3600 + mm * 60 + ss) as u64)
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    match parse(rfc) {
+    match images::store::parse_rfc3339(rfc) {
         Some(t) => {
             let s = now.saturating_sub(t);
             if s < 60 {

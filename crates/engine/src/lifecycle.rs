@@ -153,13 +153,7 @@ pub fn create(eng: &Engine, o: &CreateOpts) -> Result<Container> {
     } else {
         o.restart.clone()
     };
-    let policy_ok = matches!(
-        restart.as_str(),
-        "no" | "always" | "unless-stopped" | "on-failure"
-    ) || restart
-        .strip_prefix("on-failure:")
-        .is_some_and(|n| n.parse::<u32>().is_ok());
-    if !policy_ok {
+    if !monitor::valid_restart(&restart) {
         bail!("invalid restart policy {restart:?}");
     }
     if o.auto_remove && restart != "no" {
@@ -383,14 +377,12 @@ pub fn remove(eng: &Engine, c: &Container, force: bool) -> Result<()> {
 /// Tears down everything the container owns (idempotent).
 pub fn remove_files(eng: &Engine, c: &Container) -> Result<()> {
     let (argv, root) = rt(eng, c);
-    // Usually the monitor already deleted it; spare a runtime call then.
-    if root.join(&c.id).exists() {
-        let _ = Runtime {
-            argv: &argv,
-            root: &root,
-        }
-        .delete(&c.id);
+    // Usually the monitor already deleted it (then this costs no call).
+    let _ = Runtime {
+        argv: &argv,
+        root: &root,
     }
+    .delete(&c.id);
     network::teardown(c);
     let dir = c.dir(eng);
     images::mount::unmount(&dir.join("rootfs"))?;

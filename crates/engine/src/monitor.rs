@@ -38,36 +38,20 @@ fn json_escape(s: &str) -> String {
 /// Copies one output stream into the log (one JSON line per output line)
 /// and, in the foreground, to our own stream.
 fn pump(
-    mut src: fs::File,
+    src: fs::File,
     stream: &'static str,
     log: Arc<Mutex<fs::File>>,
     echo: bool,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if echo {
-                if stream == "stdout" {
-                    let mut o = std::io::stdout();
-                    let _ = o.write_all(&buf[..n]);
-                    let _ = o.flush();
-                } else {
-                    let _ = std::io::stderr().write_all(&buf[..n]);
-                }
+    pump_to_log(src, stream, log, move |b| {
+        if echo {
+            if stream == "stdout" {
+                let mut o = std::io::stdout();
+                let _ = o.write_all(b);
+                let _ = o.flush();
+            } else {
+                let _ = std::io::stderr().write_all(b);
             }
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=i).collect();
-                log_line(&log, &line, stream);
-            }
-        }
-        if !pending.is_empty() {
-            log_line(&log, &pending, stream);
         }
     })
 }
@@ -84,27 +68,38 @@ fn set_console_size(dir: &Path, rows: u16, cols: u16) -> Result<()> {
 /// Copies the pty's output into the log and to attached clients; ends
 /// when the last process holding the terminal is gone (EIO).
 fn pump_pty(
-    mut m: fs::File,
+    m: fs::File,
     log: Arc<Mutex<fs::File>>,
     hub: attach::Hub,
+) -> std::thread::JoinHandle<()> {
+    pump_to_log(m, "stdout", log, move |b| hub.broadcast(attach::OUTPUT, b))
+}
+
+/// Reads `src` to its end on a new thread: each chunk goes to `tee`, and
+/// each line (plus a last unterminated one) to the log as `stream`.
+fn pump_to_log(
+    mut src: fs::File,
+    stream: &'static str,
+    log: Arc<Mutex<fs::File>>,
+    mut tee: impl FnMut(&[u8]) + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         let mut pending: Vec<u8> = Vec::new();
         loop {
-            let n = match m.read(&mut buf) {
+            let n = match src.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            hub.broadcast(attach::OUTPUT, &buf[..n]);
+            tee(&buf[..n]);
             pending.extend_from_slice(&buf[..n]);
             while let Some(i) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=i).collect();
-                log_line(&log, &line, "stdout");
+                log_line(&log, &line, stream);
             }
         }
         if !pending.is_empty() {
-            log_line(&log, &pending, "stdout");
+            log_line(&log, &pending, stream);
         }
     })
 }
@@ -154,6 +149,14 @@ fn notify(n: &mut Option<fs::File>, msg: &str) {
 
 pub fn stop_marker(eng: &Engine, c: &Container) -> std::path::PathBuf {
     c.dir(eng).join("stop-requested")
+}
+
+/// Whether `p` is a restart policy docker accepts: no, always,
+/// unless-stopped, on-failure[:N] (also checks ferrod's API requests).
+pub fn valid_restart(p: &str) -> bool {
+    matches!(p, "no" | "always" | "unless-stopped" | "on-failure")
+        || p.strip_prefix("on-failure:")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
 /// Whether `policy` restarts a container that exited with `code` after
@@ -287,21 +290,10 @@ fn run_inner(
                 } else {
                     msg
                 };
-                c.refresh(eng)?;
-                c.state.status = "exited".into();
-                c.state.exit_code = 127;
-                c.state.error = format!("runtime create failed: {}", msg.trim());
-                c.save(eng)?;
-                bail!("{}", c.state.error);
+                let e = anyhow::anyhow!("runtime create failed: {}", msg.trim());
+                return Err(start_failed(eng, &mut c, e)?);
             }
-            Err(e) => {
-                c.refresh(eng)?;
-                c.state.status = "exited".into();
-                c.state.exit_code = 127;
-                c.state.error = format!("{e:#}");
-                c.save(eng)?;
-                return Err(e);
-            }
+            Err(e) => return Err(start_failed(eng, &mut c, e)?),
         };
         c.refresh(eng)?;
         c.state.status = "running".into();
@@ -385,6 +377,17 @@ fn reap_until(pid: i32) -> i32 {
             }
         }
     }
+}
+
+/// Records that `c` could not be started (exit 127, as a shell reports a
+/// command it could not run) and hands the error back.
+fn start_failed(eng: &Engine, c: &mut Container, e: anyhow::Error) -> Result<anyhow::Error> {
+    c.refresh(eng)?;
+    c.state.status = "exited".into();
+    c.state.exit_code = 127;
+    c.state.error = format!("{e:#}");
+    c.save(eng)?;
+    Ok(e)
 }
 
 /// Starts a detached monitor process for `c` and waits until the container
@@ -517,13 +520,10 @@ pub fn wait_exited(eng: &Engine, id: &str, timeout: std::time::Duration) -> Resu
     }
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+/// A pidfd for `pid` (None if it is gone or pidfds are unavailable).
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     // SAFETY: a non-negative return is a fresh fd we own.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

@@ -133,11 +133,8 @@ impl Runtime<'_> {
         pidfile: &Path,
         io: Stdio3,
     ) -> Result<Started> {
-        // A stale state (monitor crash, restart) would make create fail;
-        // both runc and ferro keep it in `<root>/<id>`.
-        if self.root.join(id).exists() {
-            let _ = self.delete(id);
-        }
+        // A stale state (monitor crash, restart) would make create fail.
+        let _ = self.delete(id);
         // libcontainer clones the init from this process: only safe while
         // we are single-threaded (no locks held by other threads).
         if self.in_process() && threads() == 1 {
@@ -211,14 +208,15 @@ impl Runtime<'_> {
         self.simple(&["kill", id, signal]).map(|_| ())
     }
 
+    /// `delete --force`. Both runc and ferro keep a container's state in
+    /// `<root>/<id>`: without it there is nothing to delete, and no runtime
+    /// call is spent finding that out.
     pub fn delete(&self, id: &str) -> Result<()> {
+        if !self.root.join(id).exists() {
+            return Ok(());
+        }
         if self.in_process() {
-            return match self.load(id) {
-                Ok(c) => c.delete(true),
-                // As `delete --force`: a missing container is not an error.
-                Err(_) if !self.root.join(id).exists() => Ok(()),
-                Err(e) => Err(e),
-            };
+            return self.load(id)?.delete(true);
         }
         self.simple(&["delete", "--force", id]).map(|_| ())
     }

@@ -21,7 +21,7 @@
 //! ones the user did not stop, as dockerd does at boot.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use engine::container::{self, Container};
 use engine::lifecycle::{self, CreateOpts};
+use engine::monitor::pidfd_open;
 use engine::paths::Engine;
 use serde::Deserialize;
 use serde_json::Value;
@@ -489,21 +490,10 @@ impl Containers {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            // A pidfd turns readable when the process exits.
-            // SAFETY: the AsyncFd owns the OwnedFd, which stays open (and
-            // the same fd) until the AsyncFd is dropped.
-            let afd = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            };
-            match afd {
-                Ok(afd) => {
-                    let _ = afd.readable().await;
-                }
-                Err(e) => {
-                    tracing::warn!("cannot watch monitor {pid}: {e}");
-                    lock(&me.watched).remove(&key);
-                    return;
-                }
+            if let Err(e) = crate::supervisor::pidfd_exited(fd).await {
+                tracing::warn!("cannot watch monitor {pid}: {e}");
+                lock(&me.watched).remove(&key);
+                return;
             }
             lock(&me.watched).remove(&key);
             me.check_boxed(key.0).await;
@@ -572,13 +562,9 @@ fn live_monitor(id: &str) -> Option<(i32, OwnedFd)> {
         if !is_ours(pid) {
             continue;
         }
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
+        let Some(fd) = pidfd_open(pid) else {
             continue;
-        }
-        // SAFETY: pidfd_open just returned this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        };
         // Again, now that the pidfd pins the process (the pid may have been
         // reused in between).
         if pid_alive(pid) && is_ours(pid) {
@@ -595,18 +581,15 @@ fn probe(c: &Container) -> Option<OwnedFd> {
     if pid <= 0 {
         return None;
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: pidfd_open just returned this fd; nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = pidfd_open(pid)?;
     // From here the fd pins the process: checks below are about the same one.
     if !pid_alive(pid) {
         return None;
     }
-    if let (Some(started), Some(t)) = (parse_rfc3339(&c.state.started_at), proc_start_unix(pid)) {
+    if let (Some(started), Some(t)) = (
+        images::store::parse_rfc3339(&c.state.started_at),
+        proc_start_unix(pid),
+    ) {
         // Boot time is whole seconds: some slack.
         if t > started + 2 {
             return None;
@@ -628,24 +611,6 @@ fn proc_start_unix(pid: i32) -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| btime + ticks / hz as u64)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` (what the engine writes) → Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let n = |a: usize, l: usize| s.get(a..a + l)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0, 4)?, n(5, 2)?, n(8, 2)?);
-    let (hh, mm, ss) = (n(11, 2)?, n(14, 2)?, n(17, 2)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 // ---- request bodies -------------------------------------------------------
@@ -689,12 +654,6 @@ fn valid_name(n: &str) -> bool {
         && ch.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-pub fn valid_restart(p: &str) -> bool {
-    matches!(p, "no" | "always" | "unless-stopped" | "on-failure")
-        || p.strip_prefix("on-failure:")
-            .is_some_and(|n| n.parse::<u32>().is_ok())
-}
-
 /// Checks a run request (no I/O; volume sources are checked at create).
 pub fn run_opts(b: RunBody) -> Result<CreateOpts, String> {
     if b.image.trim().is_empty() {
@@ -708,7 +667,7 @@ pub fn run_opts(b: RunBody) -> Result<CreateOpts, String> {
         }
     }
     let restart = b.restart.unwrap_or_else(|| "no".into());
-    if !valid_restart(&restart) {
+    if !engine::monitor::valid_restart(&restart) {
         return Err(format!(
             "restart: {restart:?}: expected no, always, unless-stopped or on-failure[:N]"
         ));
@@ -896,15 +855,6 @@ mod tests {
         assert_eq!(signal("9").unwrap(), "9");
         assert!(signal("0").is_err());
         assert!(signal("NOPE").is_err());
-    }
-
-    #[test]
-    fn times_round_trip() {
-        for t in [0u64, 1_700_000_000, 1_800_000_123] {
-            assert_eq!(parse_rfc3339(&images::store::rfc3339(t)), Some(t));
-        }
-        assert_eq!(parse_rfc3339("garbage"), None);
-        assert_eq!(parse_rfc3339(""), None);
     }
 
     /// The fuzz target's body over a small corpus and mutations of it.

@@ -844,26 +844,26 @@ impl Exit {
 /// Waits for a process that is not our child to exit (pidfd; polling when
 /// pidfds are not available).
 async fn wait_pid_exit(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        use std::os::fd::FromRawFd;
-        // SAFETY: the fd was just returned to us by pidfd_open and is owned
-        // by nothing else.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open (and the
-        // same fd) until the AsyncFd is dropped.
-        let afd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-        };
-        if let Ok(afd) = afd {
-            let _ = afd.readable().await;
+    if let Some(fd) = engine::monitor::pidfd_open(pid) {
+        if pidfd_exited(fd).await.is_ok() {
             return;
         }
     }
     while pid_alive(pid) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the process behind a pidfd exits (the fd turns readable);
+/// errs when the runtime cannot watch the fd.
+pub(crate) async fn pidfd_exited(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open (and the same
+    // fd) until the AsyncFd is dropped.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }?;
+    let _ = afd.readable().await;
+    Ok(())
 }
 
 async fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {

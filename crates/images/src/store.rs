@@ -760,6 +760,24 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// The inverse of [`rfc3339`]: `YYYY-MM-DDTHH:MM:SSZ` → Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let n = |a: usize, l: usize| s.get(a..a + l)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0, 4)?, n(5, 2)?, n(8, 2)?);
+    let (hh, mm, ss) = (n(11, 2)?, n(14, 2)?, n(17, 2)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,6 +786,15 @@ mod tests {
     fn rfc3339_known_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for t in [0u64, 1_700_000_000, 1_800_000_123] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        }
+        assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(parse_rfc3339(""), None);
     }
 
     #[test]
