@@ -102,7 +102,7 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let _ = ctx.out.flush();
     // Usage hints name the subcommand once one was recognised.
     let prog = match args.first().map(String::as_str) {
-        Some(c) if COMMANDS.contains(&c) => format!("{PROG} {c}"),
+        Some(c) if command(c).is_some() => format!("{PROG} {c}"),
         _ => PROG.to_string(),
     };
     match r {
@@ -124,11 +124,27 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     }
 }
 
-/// The qemu-img subcommands we implement.
-const COMMANDS: &[&str] = &[
-    "create", "info", "check", "map", "snapshot", "convert", "compare", "resize", "commit",
-    "rebase", "bench",
+type Command = fn(&[String], &mut Ctx) -> CmdResult;
+
+/// The qemu-img subcommands we implement (dispatch and usage hints both
+/// read this table).
+const COMMANDS: &[(&str, Command)] = &[
+    ("create", create::create),
+    ("info", info::info),
+    ("check", info::check),
+    ("map", info::map),
+    ("snapshot", info::snapshot),
+    ("convert", ops::convert),
+    ("compare", ops::compare),
+    ("resize", ops::resize),
+    ("commit", ops::commit),
+    ("rebase", ops::rebase),
+    ("bench", bench::bench),
 ];
+
+fn command(name: &str) -> Option<Command> {
+    COMMANDS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
 
 fn dispatch(args: &[String], ctx: &mut Ctx) -> CmdResult {
     let Some(cmd) = args.first() else {
@@ -144,20 +160,12 @@ fn dispatch(args: &[String], ctx: &mut Ctx) -> CmdResult {
             let _ = writeln!(ctx.out, "{PROG} version {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        "create" => create::create(rest, ctx),
-        "info" => info::info(rest, ctx),
-        "check" => info::check(rest, ctx),
-        "map" => info::map(rest, ctx),
-        "snapshot" => info::snapshot(rest, ctx),
-        "convert" => ops::convert(rest, ctx),
-        "compare" => ops::compare(rest, ctx),
-        "resize" => ops::resize(rest, ctx),
-        "commit" => ops::commit(rest, ctx),
-        "rebase" => ops::rebase(rest, ctx),
-        "bench" => bench::bench(rest, ctx),
         // The crash test's writer (tests only; not part of qemu-img).
         "__crash-writer" => crashtest::writer(rest, ctx),
-        other => Err(Fail::Usage(format!("Command not found: {other}"))),
+        other => match command(other) {
+            Some(f) => f(rest, ctx),
+            None => Err(Fail::Usage(format!("Command not found: {other}"))),
+        },
     }
 }
 
