@@ -626,15 +626,15 @@ impl Container {
     }
 
     fn cleanup(&self, cg: Option<&libcgroups::Manager>) -> Result<()> {
-        let found;
+        let looked_up;
         let cg = match cg {
-            Some(c) => Ok(c),
+            Some(c) => Some(c),
             None => {
-                found = self.cgroup();
-                found.as_ref().map_err(|_| ())
+                looked_up = self.cgroup().ok();
+                looked_up.as_ref()
             }
         };
-        if let Ok(cg) = cg {
+        if let Some(cg) = cg {
             // Stray processes (no pid namespace) must go before rmdir.
             let _ = cg.kill(libc::SIGKILL);
             crate::trace("cleanup: killed strays");
