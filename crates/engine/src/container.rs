@@ -118,17 +118,23 @@ impl Container {
     }
 }
 
-/// All containers, newest first.
-pub fn list(eng: &Engine) -> Result<Vec<Container>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(eng.containers_dir())?.flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
-        if let Ok(mut c) = Container::load(eng, &id) {
-            fix_stale(eng, &mut c);
-            out.push(c);
-        }
-    }
+/// All containers, newest first, as recorded (nothing rewritten).
+pub fn load_all(eng: &Engine) -> Result<Vec<Container>> {
+    let mut out: Vec<Container> = fs::read_dir(eng.containers_dir())?
+        .flatten()
+        .filter_map(|e| Container::load(eng, e.file_name().to_str()?).ok())
+        .collect();
     out.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(out)
+}
+
+/// All containers, newest first, with those whose monitor died marked
+/// exited (see `fix_stale`).
+pub fn list(eng: &Engine) -> Result<Vec<Container>> {
+    let mut out = load_all(eng)?;
+    for c in &mut out {
+        fix_stale(eng, c);
+    }
     Ok(out)
 }
 

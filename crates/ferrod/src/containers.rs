@@ -534,17 +534,9 @@ fn find(eng: &Engine, what: &str) -> OpResult<Container> {
     }
 }
 
-/// Every container, newest first.
+/// Every container, newest first, without the engine's stale-record fix.
 fn load_all(eng: &Engine) -> Vec<Container> {
-    let mut out: Vec<Container> = std::fs::read_dir(eng.containers_dir())
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| Container::load(eng, e.file_name().to_str()?).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_by(|a, b| b.created.cmp(&a.created));
-    out
+    container::load_all(eng).unwrap_or_default()
 }
 
 /// A live `ferro container _monitor ID` process for container `id`.
