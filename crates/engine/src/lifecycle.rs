@@ -5,7 +5,7 @@ use crate::container::{self, Bind, Container, Port, RunConfig, Status};
 use crate::paths::Engine;
 use crate::runtime::Runtime;
 use crate::{monitor, network, spec};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
@@ -390,30 +390,4 @@ pub fn remove_files(eng: &Engine, c: &Container) -> Result<()> {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())
-}
-
-/// Runs a foreground container with a terminal via the runtime's `run`
-/// (the runtime owns the pty, as `runc run -t` does).
-pub fn run_tty(eng: &Engine, c: &mut Container) -> Result<i32> {
-    let dir = c.dir(eng);
-    let (argv, root) = rt(eng, c);
-    let r = Runtime {
-        argv: &argv,
-        root: &root,
-    };
-    let mut cmd = r.cmd();
-    cmd.arg("run").arg("--bundle").arg(&dir).arg(&c.id);
-    c.state.status = "running".into();
-    c.state.started_at = images::store::now_rfc3339();
-    c.state.monitor_pid = std::process::id() as i32;
-    c.save(eng)?;
-    let st = cmd
-        .status()
-        .map_err(|e| anyhow!("running the runtime: {e}"))?;
-    let code = st.code().unwrap_or(255);
-    c.state.status = "exited".into();
-    c.state.exit_code = code;
-    c.state.finished_at = images::store::now_rfc3339();
-    c.save(eng)?;
-    Ok(code)
 }
